@@ -1,0 +1,245 @@
+"""The Python API: an adapter file opened lazily, and the operations that derive new ones.
+
+    import adapterctl
+    a = adapterctl.open("blora.safetensors")        # header only
+    a.roles()                                         # {'content': 80, 'style': 80}
+    a.split(keep=["style"]).convert("kohya").save("style.safetensors")
+
+Operations are pure: they return a new ``Adapter`` that refers to the same source bytes, and
+nothing is read or written until ``save``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Optional
+
+from adapterctl import __version__
+from adapterctl.arch import ArchMap, known_architectures, load_arch
+from adapterctl.errors import InvalidFile, UnknownArchitecture, UsageError
+from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY
+from adapterctl.format.manifest import Manifest, ModuleEntry, Operation, Provenance, RoleRule, Source
+from adapterctl.format import roles as _roles
+from adapterctl.io.safetensors_file import SafetensorsFile
+from adapterctl.layouts.read import ReadResult, read_layout
+
+# modelspec.architecture / ss_base_model_version values we know, mapped to architecture maps.
+_ARCH_HINTS = {"stable-diffusion-xl-v1-base": "sdxl", "sdxl_base_v1-0": "sdxl", "sdxl": "sdxl"}
+_OUR_KEYS = (MANIFEST_KEY, FORMAT_KEY, DIFFUSERS_METADATA_KEY)
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    path: Path
+    layout: str
+    tensors: int
+    bytes: int
+    sha256: str
+    source_sha256: Optional[str]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    path: Path
+    arch: ArchMap
+    manifest: Manifest
+    manifest_stored: bool  # False: the manifest was inferred from the tensors
+    metadata: dict[str, str]  # the whole __metadata__ as read (untrusted strings)
+    read: ReadResult
+    peft_config: Optional[dict] = None
+    source: SafetensorsFile = field(repr=False, default=None)
+    pending: tuple[Operation, ...] = ()
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path, *, arch: Optional[str] = None) -> "Adapter":
+        path = Path(path)
+        peft_config = None
+        file_path = path
+        if path.is_dir():
+            from adapterctl.layouts.peft_dir import read_peft_dir
+
+            file_path, peft_config = read_peft_dir(path)
+        st = SafetensorsFile(file_path)
+        try:
+            return cls._from_file(path, st, arch, peft_config)
+        except BaseException:
+            st.close()
+            raise
+
+    @classmethod
+    def _from_file(cls, path: Path, st: SafetensorsFile, arch_name, peft_config) -> "Adapter":
+        stored = _stored_manifest(st)
+        arch = load_arch(arch_name or (stored.architecture if stored else _guess_arch(st)))
+        result = read_layout(st, arch, peft_config=peft_config)
+        if not result.entries and not result.lycoris:
+            raise UnknownArchitecture(f"none of the {len(result.unmapped)} LoRA tensors match the {arch.name} map",
+                                      path=str(path), hint="is this adapter for another base model?")
+        if stored is not None:
+            manifest = _reconcile(stored, result, st)
+        else:
+            entries, preset = _roles.infer_roles(arch, result.entries)
+            manifest = Manifest(architecture=arch.name, layout=result.layout if result.layout != "lycoris" else "kohya",
+                                method=_guess_method(result, preset), preset=preset,
+                                modules=entries)
+        return cls(path=path, arch=arch, manifest=manifest, manifest_stored=stored is not None,
+                   metadata=dict(st.metadata), read=result, peft_config=peft_config, source=st)
+
+    # -- views ---------------------------------------------------------------------------
+    @property
+    def modules(self) -> list[ModuleEntry]:
+        return list(self.manifest.modules)
+
+    @property
+    def layout(self) -> str:
+        return self.manifest.layout
+
+    @property
+    def method(self) -> str:
+        return self.manifest.method
+
+    def roles(self) -> dict[str, int]:
+        return dict(Counter(e.role or "untagged" for e in self.manifest.modules))
+
+    def blocks(self) -> dict[str, int]:
+        return dict(Counter(e.block or "?" for e in self.manifest.modules))
+
+    def foreign_metadata(self) -> dict[str, str]:
+        return {k: v for k, v in self.metadata.items() if k not in _OUR_KEYS}
+
+    # -- operations ------------------------------------------------------------------------
+    def _derive(self, op: str, args: dict, **changes) -> "Adapter":
+        stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        operation = Operation(op=op, args=args, tool=f"adapterctl {__version__}", at=stamp)
+        manifest = self.manifest.model_copy(update=changes)
+        return replace(self, manifest=manifest, pending=self.pending + (operation,))
+
+    def tag(self, *, preset: Optional[str] = None, roles: Iterable[str | RoleRule] = (),
+            clear: bool = False) -> "Adapter":
+        """Assign roles by preset and/or 'role=selector' rules. Existing roles stay unless overridden."""
+        rules = list(_roles.preset_rules(self.arch, preset)) if preset else []
+        rules += [r if isinstance(r, RoleRule) else _roles.parse_role_rules([r])[0] for r in roles]
+        if not rules and not clear:
+            raise UsageError("nothing to tag", hint="pass --preset NAME or --role ROLE=SELECTOR")
+        entries = self.manifest.modules
+        if clear:
+            entries = [e if e.role == "expert" else e.model_copy(update={"role": None, "role_source": None})
+                       for e in entries]
+        entries = _roles.apply_rules(self.arch, entries, rules, replace=False)
+        # Re-tagging promotes every surviving role to 'declared': the user has now looked at it.
+        entries = [e.model_copy(update={"role_source": "declared"}) if e.role else e for e in entries]
+        method = "b-lora" if preset == "b-lora" and self.method in ("lora", "b-lora") else self.method
+        return self._derive("tag", {"preset": preset, "rules": [f"{r.role}={r.selector}" for r in rules],
+                                    "clear": clear},
+                            modules=entries, preset=preset or self.manifest.preset,
+                            role_rules=list(self.manifest.role_rules if not clear else []) + rules, method=method)
+
+    def split(self, *, keep: Iterable[str] = (), drop: Iterable[str] = (),
+              keep_blocks: Iterable[str] = ()) -> "Adapter":
+        """Keep only some branches: by role (``keep``/``drop``, 'untagged' allowed) and/or by block selector."""
+        from adapterctl.ops.select import select_entries
+
+        keep, drop, keep_blocks = list(keep), list(drop), list(keep_blocks)
+        entries = select_entries(self, keep=keep, drop=drop, keep_blocks=keep_blocks)
+        return self._derive("split", {"keep": keep, "drop": drop, "keep_blocks": keep_blocks}, modules=entries)
+
+    def convert(self, to: str) -> "Adapter":
+        """Change the tensor layout (names and scale metadata only; factor bytes are unchanged)."""
+        from adapterctl.format.constants import WRITABLE_LAYOUTS
+        from adapterctl.layouts.write import check_convertible
+
+        if to not in WRITABLE_LAYOUTS:
+            raise UsageError(f"unknown target layout '{to}'", hint=f"choose one of: {', '.join(WRITABLE_LAYOUTS)}")
+        check_convertible(self.manifest.modules, to, lycoris=self.read.lycoris, unmapped=self.read.unmapped)
+        return self._derive("convert", {"from": self.layout, "to": to}, layout=to)
+
+    def save(self, path, *, force: bool = False, strip_foreign: bool = False) -> SaveResult:
+        from adapterctl.ops.save import save_adapter
+
+        return save_adapter(self, Path(path), force=force, strip_foreign=strip_foreign)
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _stored_manifest(st: SafetensorsFile) -> Optional[Manifest]:
+    raw = st.metadata.get(MANIFEST_KEY)
+    if raw is None:
+        return None
+    try:
+        head = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidFile(f"{MANIFEST_KEY} is not valid JSON ({exc})", path=str(st.path)) from None
+    if not isinstance(head, dict) or head.get("format") != FORMAT_NAME:
+        raise InvalidFile(f"{MANIFEST_KEY} is not an {FORMAT_NAME} document", path=str(st.path))
+    if head.get("version") != FORMAT_VERSION:
+        raise InvalidFile(f"manifest version {head.get('version')!r} is not supported (this is version "
+                          f"{FORMAT_VERSION})", path=str(st.path), hint="upgrade adapterctl")
+    from pydantic import ValidationError
+
+    try:
+        return Manifest.model_validate(head)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        raise InvalidFile(f"invalid manifest at '{where}': {err.get('msg')}", path=str(st.path)) from None
+
+
+def _guess_arch(st: SafetensorsFile) -> str:
+    for key in ("modelspec.architecture", "ss_base_model_version"):
+        value = st.metadata.get(key)
+        if value:
+            base = value.split("/")[0]
+            if base in _ARCH_HINTS:
+                return _ARCH_HINTS[base]
+            raise UnknownArchitecture(f"{key} says '{base[:60]}', which has no architecture map",
+                                      path=str(st.path), hint=f"known: {', '.join(known_architectures())}")
+    return "sdxl"
+
+
+def _guess_method(result: ReadResult, preset: Optional[str]) -> str:
+    if preset == "b-lora":
+        return "b-lora"
+    if result.lycoris:
+        return "lycoris-" + "+".join(sorted(result.lycoris))
+    if any(e.role == "expert" for e in result.entries):
+        return "styleinject"
+    return "locon" if any(e.kind == "conv" for e in result.entries) else "lora"
+
+
+def _reconcile(stored: Manifest, result: ReadResult, st: SafetensorsFile) -> Manifest:
+    """A stored manifest is trusted only after it agrees with the tensors it describes."""
+    read_by_down = {e.tensors.down: e for e in result.entries}
+    for entry in stored.modules:
+        for key in (k for k in entry.tensors.model_dump().values() if k):
+            if key not in st.tensors:
+                raise InvalidFile(f"manifest names tensor '{key[:100]}' that the file does not hold",
+                                  path=str(st.path))
+        found = read_by_down.get(entry.tensors.down)
+        if found is None or found.module != entry.module or found.tensors.up != entry.tensors.up:
+            raise InvalidFile(f"manifest entry '{entry.module}' does not match the tensors' own names",
+                              path=str(st.path))
+        if found.rank != entry.rank or found.kind != entry.kind:
+            raise InvalidFile(f"manifest says rank {entry.rank} for '{entry.module}', tensors have {found.rank}",
+                              path=str(st.path))
+    described = {e.tensors.down for e in stored.modules}
+    missing = [k for k in read_by_down if k not in described]
+    if missing:
+        raise InvalidFile(f"{len(missing)} LoRA branches are not in the manifest (first: '{missing[0][:100]}')",
+                          path=str(st.path))
+    if stored.layout != result.layout:
+        raise InvalidFile(f"manifest says layout '{stored.layout}' but the keys are '{result.layout}'",
+                          path=str(st.path))
+    return stored
+

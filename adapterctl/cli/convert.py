@@ -1,0 +1,44 @@
+"""adapterctl convert: rewrite an adapter in the kohya, diffusers or peft layout, losslessly."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from adapterctl.cli._write import default_output, done_line, write_result
+from adapterctl.cli.options import ArchOpt, ForceOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
+from adapterctl.cli.output import Output
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert", help=__doc__.split(":", 1)[1].strip() + "\n\n"
+                "Only names change: factor bytes are streamed unchanged and the scale travels as kohya alpha "
+                "tensors, diffusers' lora_adapter_metadata, or peft's adapter_config.json. kohya output uses SGM "
+                "names. peft output is a directory. Refuses (exit 5) what cannot be converted without loss: "
+                "LyCORIS, experts, two roles on one module, DoRA into kohya.\n\n"
+                "Examples:\n\n"
+                "  adapterctl convert my_lora.safetensors --to diffusers\n\n"
+                "  adapterctl convert blora.safetensors --to kohya -o blora_a1111.safetensors\n\n"
+                "  adapterctl convert unet_lora.safetensors --to peft -o my_adapter/")(convert_cmd)
+
+
+def convert_cmd(
+    path: InputArg,
+    to: Annotated[str, typer.Option("--to", help="Target layout: kohya, diffusers or peft.", show_default=False)],
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    strip_metadata: StripOpt = False,
+    arch: ArchOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from adapterctl.adapter import Adapter
+
+    out = Output(json_mode=json_out, quiet=quiet)
+    with Adapter.open(path, arch=arch) as adapter:
+        converted = adapter.convert(to)
+        target = output or default_output(path, to, directory=(to == "peft"))
+        saved = converted.save(target, force=force, strip_foreign=strip_metadata)
+    out.result(write_result(saved, converted))
+    out.done(done_line(saved, converted))

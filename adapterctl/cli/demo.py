@@ -1,0 +1,31 @@
+"""adapterctl demo: a tour of the toolchain on the example adapters shipped with the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from adapterctl.cli.options import JsonOpt, QuietOpt
+from adapterctl.cli.output import Output
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo", help=__doc__.split(":", 1)[1].strip() + "\n\n"
+                "Runs inspect, split, convert and validate on a B-LoRA file in old diffusers naming and a kohya "
+                "LoCon file, writing into a work directory.\n\n"
+                "Example:\n\n"
+                "  adapterctl demo --workdir /tmp/adapterctl-demo")(demo_cmd)
+
+
+def demo_cmd(
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where outputs go (default: a new temp dir).")] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from adapterctl.demo import run_demo
+
+    out = Output(json_mode=json_out, quiet=quiet)
+    result = run_demo(workdir, log=out.note if not json_out else (lambda _m: None))
+    out.result(result, lambda console, r: console.print(f"demo ok: {len(r['steps'])} steps, outputs in {r['workdir']}"))

@@ -1,0 +1,111 @@
+"""The adapterctl command line: a thin root that only wires the verbs and maps errors.
+
+Every failure the library raises on purpose becomes one line on stderr and an exit code;
+anything unexpected becomes one line too (set ADAPTERCTL_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import typer
+
+from adapterctl import __version__
+from adapterctl.cli import convert, demo, inspect, split, tag, validate
+
+app = typer.Typer(
+    name="adapterctl",
+    help="Typed LoRA adapter files for diffusion models: inspect, validate, tag, split and convert them.\n\n"
+         "Examples:\n\n"
+         "  adapterctl inspect blora.safetensors\n\n"
+         "  adapterctl split blora.safetensors --keep style -o style.safetensors\n\n"
+         "  adapterctl convert my_lora.safetensors --to diffusers\n\n"
+         "  adapterctl validate adapters/*.safetensors --strict --json",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+for module in (inspect, validate, tag, split, convert, demo):
+    module.register(app)
+
+
+def _version(value: bool):
+    if value:
+        print(f"adapterctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Typed LoRA adapter files for diffusion models."""
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in argv
+
+
+def _fail(message: str, code: int, *, error_code: str, argv: list[str], hint: str | None = None) -> int:
+    from adapterctl.textsafe import escape
+
+    line = escape(message).replace("\n", " ")
+    if hint:
+        line += f" (hint: {escape(hint)})"
+    sys.stderr.write(f"error: {line}\n")
+    if _wants_json(argv):
+        sys.stdout.write(json.dumps({"ok": False, "error": {"code": error_code, "message": message,
+                                                            "hint": hint}}) + "\n")
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    from adapterctl.errors import AdapterError
+
+    click = _click_exceptions()
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=argv, prog_name="adapterctl", standalone_mode=False)
+        return 0
+    except typer.Exit as exc:  # --help, --version, or a command's own exit code
+        return exc.exit_code
+    except click.NoArgsIsHelpError as exc:
+        sys.stdout.write(exc.ctx.get_help() + "\n")
+        return 0
+    except AdapterError as exc:
+        return _fail(str(exc), exc.exit_code, error_code=exc.code, argv=argv, hint=exc.hint)
+    except click.UsageError as exc:
+        return _fail(exc.format_message(), 2, error_code="usage_error", argv=argv,
+                     hint=f"adapterctl {exc.ctx.command_path.split(' ', 1)[-1] if exc.ctx else ''} --help".replace("  ", " "))
+    except typer.Abort:
+        return _fail("aborted", 130, error_code="aborted", argv=argv)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130, error_code="interrupted", argv=argv)
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return _fail(f"{where}{exc.strerror or exc}", 1, error_code="os_error", argv=argv)
+    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        if os.environ.get("ADAPTERCTL_DEBUG"):
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc}", 70, error_code="internal_error", argv=argv,
+                     hint="rerun with ADAPTERCTL_DEBUG=1 and report the traceback")
+
+
+def _click_exceptions():
+    # typer >= 0.29 vendors click as typer._click; typer.BadParameter is re-exported from there.
+    import importlib
+
+    return importlib.import_module(typer.BadParameter.__module__)
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""adapterctl split: write an adapter with only some of its branches, by role or by block."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from adapterctl.cli._write import default_output, done_line, write_result
+from adapterctl.cli.options import ArchOpt, ForceOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
+from adapterctl.cli.output import Output
+
+
+def register(app: typer.Typer) -> None:
+    app.command("split", help=__doc__.split(":", 1)[1].strip() + "\n\n"
+                "Roles: content, style, expert, untagged. Untagged files recognised as B-LoRA get their roles "
+                "inferred, so an official B-LoRA file splits with no tagging step.\n\n"
+                "Examples:\n\n"
+                "  adapterctl split blora.safetensors --keep style            # -> blora.style.safetensors\n\n"
+                "  adapterctl split blora.safetensors --drop style -o content.safetensors\n\n"
+                "  adapterctl split my_lora.safetensors --keep-blocks 'up_blocks.*'")(split_cmd)
+
+
+def split_cmd(
+    path: InputArg,
+    keep: Annotated[Optional[list[str]], typer.Option("--keep", help="Keep only branches with this role; repeatable.")] = None,
+    drop: Annotated[Optional[list[str]], typer.Option("--drop", help="Drop branches with this role; repeatable.")] = None,
+    keep_blocks: Annotated[Optional[list[str]], typer.Option(
+        "--keep-blocks", help="Keep only these blocks/modules (selectors, comma-separated or repeated).")] = None,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    strip_metadata: StripOpt = False,
+    arch: ArchOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from adapterctl.adapter import Adapter
+
+    out = Output(json_mode=json_out, quiet=quiet)
+    keep, drop = _words(keep), _words(drop)
+    blocks = _words(keep_blocks)
+    with Adapter.open(path, arch=arch) as adapter:
+        part = adapter.split(keep=keep, drop=drop, keep_blocks=blocks)
+        suffix = "-".join(keep) if keep else ("no-" + "-".join(drop) if drop else "blocks")
+        saved = part.save(output or default_output(path, suffix), force=force, strip_foreign=strip_metadata)
+    out.result(write_result(saved, part))
+    out.done(done_line(saved, part))
+
+
+def _words(values: Optional[list[str]]) -> list[str]:
+    return [w.strip() for v in values or [] for w in v.split(",") if w.strip()]

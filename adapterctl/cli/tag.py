@@ -1,0 +1,43 @@
+"""adapterctl tag: write a copy of an adapter with roles assigned per block or per module."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from adapterctl.cli._write import default_output, done_line, write_result
+from adapterctl.cli.options import ArchOpt, ForceOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
+from adapterctl.cli.output import Output
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tag", help=__doc__.split(":", 1)[1].strip() + "\n\n"
+                "A selector is a block id (up_blocks.0.attentions.1), a canonical module name, an SGM block "
+                "(output_blocks.1.1) or a glob over either.\n\n"
+                "Examples:\n\n"
+                "  adapterctl tag blora.safetensors --preset b-lora\n\n"
+                "  adapterctl tag mix.safetensors --role style=up_blocks.0.attentions.1 "
+                "--role content=up_blocks.0.attentions.0 -o mix.tagged.safetensors")(tag_cmd)
+
+
+def tag_cmd(
+    path: InputArg,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Role preset: b-lora, unziplora.")] = None,
+    role: Annotated[Optional[list[str]], typer.Option("--role", help="ROLE=SELECTOR[,SELECTOR...]; repeatable.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Drop existing roles before applying the new ones.")] = False,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    strip_metadata: StripOpt = False,
+    arch: ArchOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from adapterctl.adapter import Adapter
+
+    out = Output(json_mode=json_out, quiet=quiet)
+    with Adapter.open(path, arch=arch) as adapter:
+        tagged = adapter.tag(preset=preset, roles=role or [], clear=clear)
+        saved = tagged.save(output or default_output(path, "tagged"), force=force, strip_foreign=strip_metadata)
+    out.result(write_result(saved, tagged))
+    out.done(done_line(saved, tagged))

@@ -1,0 +1,219 @@
+"""A validating, lazy reader for safetensors files.
+
+The header is checked completely before anything else trusts it (the gguf-py habit): size cap,
+JSON shape, known dtypes, sizes that match shapes, offsets inside the file, no overlaps and no gaps.
+Tensor bytes are only read when asked for, with ``os.pread`` on one descriptor, so opening a
+500 MB file costs one small read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapterctl.errors import InputNotFound, InvalidFile, UnsafeFile
+
+# safetensors' own reader refuses headers above 100 MB; we use the same cap so that whatever
+# we accept, every other loader accepts too.
+HEADER_CAP = 100 * 1024 * 1024
+
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # offsets relative to the start of the data region
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    # torch.save writes a zip archive; older torch and plain pickle start with PROTO (0x80, 2..5).
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def check_input_path(path: Path) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputNotFound("no such file", path=str(path)) from None
+    except PermissionError:
+        raise InputNotFound("permission denied", path=str(path)) from None
+    except OSError as exc:
+        raise InputNotFound(f"cannot stat: {exc.strerror}", path=str(path)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputNotFound("is a directory, expected a .safetensors file", path=str(path),
+                            hint="for a peft adapter directory, pass the directory to a command that reads adapters")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputNotFound("not a regular file", path=str(path))
+    return st
+
+
+class SafetensorsFile:
+    """An open, validated safetensors file. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        st = check_input_path(self.path)
+        if self.path.suffix.lower() in PICKLE_SUFFIXES:
+            raise UnsafeFile(f"'{self.path.suffix}' files are pickles; adapterctl never unpickles",
+                             path=str(self.path),
+                             hint="convert it to .safetensors in an environment you trust")
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except PermissionError:
+            raise InputNotFound("permission denied", path=str(self.path)) from None
+        except OSError as exc:
+            raise InputNotFound(f"cannot open: {exc.strerror}", path=str(self.path)) from None
+        try:
+            self.size = st.st_size
+            self._mtime_ns = st.st_mtime_ns
+            self.header_len, self.metadata, self.tensors = self._parse()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    # -- parsing -------------------------------------------------------------------------
+    def _fail(self, message: str, **kw) -> InvalidFile:
+        return InvalidFile(message, path=str(self.path), **kw)
+
+    def _parse(self):
+        if self.size == 0:
+            raise self._fail("empty file (0 bytes)")
+        head = os.pread(self._fd, 8, 0)
+        if _looks_like_pickle(head):
+            raise UnsafeFile("this is a pickle (torch.save/zip) file, not safetensors; adapterctl never unpickles",
+                             path=str(self.path), hint="convert it to .safetensors in an environment you trust")
+        if len(head) < 8:
+            raise self._fail(f"truncated: {self.size} bytes is shorter than the 8-byte header length")
+        header_len = int.from_bytes(head, "little")
+        if header_len > HEADER_CAP:
+            raise self._fail(f"header length {header_len} exceeds the {HEADER_CAP}-byte cap")
+        if 8 + header_len > self.size:
+            raise self._fail(f"header length {header_len} is larger than the file ({self.size} bytes)")
+        raw = os.pread(self._fd, header_len, 8)
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, json.JSONDecodeError, _DuplicateKey) as exc:
+            raise self._fail(f"header is not valid JSON: {_one_line(exc)}") from None
+        if not isinstance(header, dict):
+            raise self._fail("header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise self._fail("__metadata__ must map strings to strings")
+        data_len = self.size - 8 - header_len
+        tensors = [self._tensor(name, spec) for name, spec in header.items()]
+        tensors.sort(key=lambda t: (t.start, t.end))
+        cursor = 0
+        for t in tensors:
+            if t.end > data_len:
+                raise self._fail(f"tensor '{_clip(t.name)}' ends at byte {t.end} but the data region has "
+                                 f"{data_len} bytes (file truncated or offsets out of range)")
+            if t.start < cursor:
+                raise self._fail(f"tensor '{_clip(t.name)}' overlaps the tensor before it")
+            if t.start > cursor:
+                raise self._fail(f"gap of {t.start - cursor} bytes before tensor '{_clip(t.name)}'")
+            cursor = t.end
+        if cursor != data_len:
+            raise self._fail(f"{data_len - cursor} trailing bytes after the last tensor")
+        return header_len, dict(metadata), {t.name: t for t in tensors}
+
+    def _tensor(self, name: str, spec) -> TensorInfo:
+        if not isinstance(spec, dict):
+            raise self._fail(f"tensor '{_clip(name)}' entry is not an object")
+        dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+        if dtype not in DTYPE_SIZES:
+            raise self._fail(f"tensor '{_clip(name)}' has unknown dtype {_clip(repr(dtype))}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise self._fail(f"tensor '{_clip(name)}' has an invalid shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int and o >= 0 for o in offsets) and offsets[0] <= offsets[1]):
+            raise self._fail(f"tensor '{_clip(name)}' has invalid data_offsets")
+        expected = math.prod(shape) * DTYPE_SIZES[dtype]
+        if offsets[1] - offsets[0] != expected:
+            raise self._fail(f"tensor '{_clip(name)}' shape {shape} {dtype} needs {expected} bytes "
+                             f"but its offsets span {offsets[1] - offsets[0]}")
+        return TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+    # -- access --------------------------------------------------------------------------
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_len
+
+    def read(self, name: str) -> bytes:
+        info = self.tensors[name]
+        data = os.pread(self._fd, info.nbytes, self.data_start + info.start)
+        if len(data) != info.nbytes:
+            raise self._fail(f"file shrank while reading tensor '{_clip(name)}'")
+        return data
+
+    def read_range(self, start: int, length: int) -> bytes:
+        return os.pread(self._fd, length, start)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _one_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    from adapterctl.textsafe import escape
+
+    text = escape(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,203 @@
+"""Map the tensors of any supported layout onto canonical LoRA branches.
+
+The result is a list of ``ModuleEntry`` (role-less: roles come from the manifest or inference)
+plus what could not be mapped. Only header data and one-element alpha tensors are read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+from adapterctl.arch import ArchMap
+from adapterctl.errors import LayoutError
+from adapterctl.format.constants import DIFFUSERS_METADATA_KEY
+from adapterctl.format.manifest import ModuleEntry, TensorKeys
+from adapterctl.io.safetensors_file import SafetensorsFile, TensorInfo
+from adapterctl.layouts import keys as K
+from adapterctl.layouts.scaling import PeftScaling, decode_scalar, split_diffusers_metadata
+from adapterctl.textsafe import escape
+
+_FACTOR_FAMILIES = ("kohya", "diffusers", "diffusers-old", "diffusers-legacy-attn", "peft")
+
+
+@dataclass
+class ReadResult:
+    layout: str
+    entries: list[ModuleEntry]
+    unmapped: list[str] = field(default_factory=list)  # keys no grammar or map knows
+    lycoris: dict[str, int] = field(default_factory=dict)  # algorithm -> tensor count
+    doubled_prefix: bool = False
+    scaling_source: str = "default"  # kohya-alpha | network-alpha | lora_adapter_metadata | peft-config | default
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dict] = None) -> ReadResult:
+    parsed: list[K.ParsedKey] = []
+    unknown: list[str] = []
+    for name in st.tensors:
+        p = K.parse_key(name)
+        (parsed.append(p) if p else unknown.append(name))
+    lycoris = Counter(p.lycoris for p in parsed if p.family == "lycoris")
+    factor_families = Counter(p.family for p in parsed if p.family in _FACTOR_FAMILIES)
+    if not factor_families and not lycoris:
+        raise LayoutError("no LoRA tensors found (unknown key layout)", path=str(st.path),
+                          hint=f"first key: {escape(next(iter(st.tensors), '<none>'))[:80]}")
+    layout = factor_families.most_common(1)[0][0] if factor_families else "lycoris"
+    if peft_config is not None:
+        layout = "peft"
+    result = ReadResult(layout, [], unmapped=unknown, lycoris=dict(lycoris))
+    result.doubled_prefix = any(p.doubled_prefix for p in parsed)
+
+    groups: dict[tuple, dict[str, K.ParsedKey]] = {}
+    for p in parsed:
+        if p.family == "lycoris":
+            continue
+        groups.setdefault((p.component, p.path, p.qualifier), {})[p.part] = p
+
+    scaler = _Scaler(st, layout, peft_config)
+    result.scaling_source = scaler.source
+    for (component, path, qualifier), parts in groups.items():
+        if K.DORA_SCALE in parts:
+            result.warnings.append("kohya/LyCORIS dora_scale present: DoRA in this form is reported, not converted")
+        entry = _entry(st, arch, component, path, qualifier, parts, scaler, layout)
+        if entry is None:
+            result.unmapped.extend(p.key for p in parts.values())
+        else:
+            result.entries.append(entry)
+    return result
+
+
+def _entry(st, arch, component, path, qualifier, parts, scaler, layout) -> Optional[ModuleEntry]:
+    expert = K.EXPERT_DOWN in parts
+    down_key = parts.get(K.EXPERT_DOWN if expert else K.DOWN)
+    up_key = parts.get(K.EXPERT_UP if expert else K.UP)
+    if down_key is None and up_key is None:
+        if set(parts) <= {K.ALPHA, K.DORA_SCALE}:
+            return None  # an alpha whose factors are LyCORIS tensors, reported elsewhere
+        raise LayoutError(f"'{escape(path)}' has {sorted(parts)} but no LoRA factors", path=str(st.path))
+    if down_key is None or up_key is None:
+        have, missing = ("up", "down") if down_key is None else ("down", "up")
+        raise LayoutError(f"'{escape((down_key or up_key).key)}': {have} factor without its {missing} partner",
+                          path=str(st.path))
+    down, up = st.tensors[down_key.key], st.tensors[up_key.key]
+    rank = _check_pair(st, down, up, expert)
+    canonical = _canonical(arch, component, path, down, up, expert, parts)
+    if canonical is None:
+        return None
+    spec = arch.get(canonical)
+    kind = "conv" if len(down.shape) == 4 else "linear"
+    r_declared, alpha, scale, rslora, alpha_dtype = scaler.scale(spec.component, spec.path, rank,
+                                                                 parts.get(K.ALPHA))
+    if r_declared != rank:
+        raise LayoutError(f"'{escape(canonical)}': config declares rank {r_declared} but tensors have rank {rank}",
+                          path=str(st.path))
+    role = qualifier if qualifier in ("content", "style") else None
+    return ModuleEntry(
+        module=canonical, component=spec.component, block=spec.block, kind=kind, rank=rank,
+        alpha=alpha, scale=scale, rslora=rslora, alpha_dtype=alpha_dtype, dtype=down.dtype,
+        role="expert" if expert else role, role_source="declared" if (expert or role) else None,
+        experts=down.shape[0] if expert else None,
+        dora=K.MAGNITUDE in parts or scaler.use_dora(spec.component),
+        tensors=TensorKeys(
+            down=down.name, up=up.name,
+            alpha=parts[K.ALPHA].key if K.ALPHA in parts else None,
+            magnitude=parts[K.MAGNITUDE].key if K.MAGNITUDE in parts else None,
+            router_weight=parts[K.ROUTER_W].key if K.ROUTER_W in parts else None,
+            router_bias=parts[K.ROUTER_B].key if K.ROUTER_B in parts else None,
+        ),
+    )
+
+
+def _check_pair(st, down: TensorInfo, up: TensorInfo, expert: bool) -> int:
+    if expert:
+        # A: [n, r, in]; B: [out, r] shared, or [n, out, r] per expert.
+        if len(down.shape) != 3 or len(up.shape) not in (2, 3):
+            raise LayoutError(f"'{escape(down.name)}': expert factors must be [n, r, in] and [out, r] or [n, out, r]",
+                              path=str(st.path))
+        rank = down.shape[1]
+        up_rank = up.shape[-1]
+        if len(up.shape) == 3 and up.shape[0] != down.shape[0]:
+            raise LayoutError(f"'{escape(up.name)}': {up.shape[0]} up experts for {down.shape[0]} down experts",
+                              path=str(st.path))
+    else:
+        if len(down.shape) not in (2, 4) or len(up.shape) != len(down.shape):
+            raise LayoutError(f"'{escape(down.name)}': LoRA factors must both be 2-D (linear) or 4-D (conv), "
+                              f"got {list(down.shape)} and {list(up.shape)}", path=str(st.path))
+        rank, up_rank = down.shape[0], up.shape[1]
+        if len(up.shape) == 4 and tuple(up.shape[2:]) != (1, 1):
+            raise LayoutError(f"'{escape(up.name)}': conv up factor must have a 1x1 kernel", path=str(st.path))
+    if rank != up_rank:
+        raise LayoutError(f"'{escape(down.name)}': LoRA rank mismatch, down has rank {rank} but up has rank {up_rank}",
+                          path=str(st.path))
+    if rank == 0:
+        raise LayoutError(f"'{escape(down.name)}': rank 0 LoRA factor", path=str(st.path))
+    return rank
+
+
+def _canonical(arch: ArchMap, component, path, down, up, expert, parts) -> Optional[str]:
+    any_key = next(iter(parts.values()))
+    if any_key.family == "kohya":
+        prefix = next(p for p, c in K.KOHYA_PREFIXES.items() if c == component and any_key.key.startswith(p))
+        return arch.kohya_names().get(prefix + path)
+    candidates = [component] if component else list(arch.components)
+    in_features = down.shape[-1] if expert else down.shape[1]
+    out_features = up.shape[-2] if expert and len(up.shape) == 3 else up.shape[0]
+    matches = []
+    for comp in candidates:
+        spec = arch.get(f"{comp}.{path}")
+        if spec is not None:
+            matches.append(spec)
+    if len(matches) > 1:  # same path in both text encoders: the widths tell them apart
+        exact = [s for s in matches if (s.in_features, s.out_features) == (in_features, out_features)]
+        matches = exact or matches[:1]
+    return matches[0].name if matches else None
+
+
+class _Scaler:
+    """Knows where this file keeps its alphas, and applies that layout's rule."""
+
+    def __init__(self, st: SafetensorsFile, layout: str, peft_config: Optional[dict]):
+        self.st = st
+        self.per_component: dict[str, PeftScaling] = {}
+        self.single: Optional[PeftScaling] = None
+        if peft_config is not None:
+            self.single = PeftScaling.from_config(peft_config, where="adapter_config.json")
+            self.source = "peft-config"
+        elif layout == "kohya":
+            self.source = "kohya-alpha"
+        elif DIFFUSERS_METADATA_KEY in st.metadata:
+            try:
+                raw = json.loads(st.metadata[DIFFUSERS_METADATA_KEY])
+                if not isinstance(raw, dict):
+                    raise ValueError("not an object")
+            except ValueError as exc:
+                raise LayoutError(f"{DIFFUSERS_METADATA_KEY} is not valid JSON ({exc})", path=str(st.path)) from None
+            self.per_component = {c: PeftScaling.from_config(cfg, where=DIFFUSERS_METADATA_KEY)
+                                  for c, cfg in split_diffusers_metadata(raw).items()}
+            self.source = DIFFUSERS_METADATA_KEY
+        else:
+            self.source = "network-alpha" if any(k.endswith(".alpha") for k in st.tensors) else "default"
+
+    def _config(self, component: str) -> Optional[PeftScaling]:
+        return self.single or self.per_component.get(component)
+
+    def use_dora(self, component: str) -> bool:
+        cfg = self._config(component)
+        return bool(cfg and cfg.use_dora)
+
+    def scale(self, component: str, path: str, rank: int, alpha_key):
+        """Return (declared rank, alpha, scale, rslora, alpha dtype)."""
+        cfg = self._config(component)
+        if cfg is not None:
+            return (*cfg.scale(path), cfg.use_rslora, None)
+        if alpha_key is not None:
+            info = self.st.tensors[alpha_key.key]
+            if info.numel != 1:
+                raise LayoutError(f"'{escape(info.name)}': alpha must hold one value, has shape {list(info.shape)}",
+                                  path=str(self.st.path))
+            alpha = decode_scalar(info.dtype, self.st.read(info.name))
+            return rank, alpha, alpha / rank, False, info.dtype
+        return rank, float(rank), 1.0, False, None

@@ -1,0 +1,122 @@
+"""Key names and header metadata for the layouts adapterctl writes: kohya, diffusers, peft.
+
+Conversions only rename tensors, so the bytes of every factor are copied unchanged. Scale is
+carried, never folded: kohya keeps ``alpha`` tensors; diffusers gets ``lora_adapter_metadata``
+(LoraConfig fields per component, which diffusers passes to peft); peft gets adapter_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+from adapterctl.arch import ArchMap
+from adapterctl.errors import UnsupportedConversion
+from adapterctl.format.constants import COMPONENTS
+from adapterctl.format.manifest import ModuleEntry
+from adapterctl.layouts.scaling import compact_patterns, decode_scalar
+
+_SCALAR_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d", "I64": "<q", "I32": "<i", "BF16": None}
+
+def check_convertible(entries: list[ModuleEntry], target: str, *, lycoris: dict, unmapped: list[str]) -> None:
+    if lycoris:
+        raise UnsupportedConversion(
+            f"LyCORIS tensors ({', '.join(sorted(lycoris))}) cannot be converted without loss",
+            hint="adapterctl reports LyCORIS files but only converts plain LoRA/LoCon")
+    if unmapped:
+        raise UnsupportedConversion(f"{len(unmapped)} tensors do not map to {target} names and would be lost",
+                                    hint="run 'adapterctl inspect' to list them")
+    seen: set[str] = set()
+    for e in entries:
+        if e.role == "expert":
+            raise UnsupportedConversion(f"'{e.module}' holds experts; no {target} layout can store them",
+                                        hint="collapse experts into a plain LoRA first")
+        if e.module in seen:
+            raise UnsupportedConversion(f"'{e.module}' carries two roles; a {target} file holds one LoRA per module",
+                                        hint="split by role first: adapterctl split FILE --keep content")
+        seen.add(e.module)
+        if e.dora and target == "kohya":
+            raise UnsupportedConversion(f"'{e.module}' is DoRA; kohya's dora_scale is a different parametrisation",
+                                        hint="convert to diffusers or peft instead, which keep the magnitude vector")
+    if target == "peft" and len({e.component for e in entries}) > 1:
+        raise UnsupportedConversion("a peft adapter directory holds one model component, this adapter has "
+                                    f"{', '.join(sorted({e.component for e in entries}))}",
+                                    hint="split first, e.g. adapterctl split FILE --keep-blocks 'up_blocks.*'")
+
+
+def factor_names(arch: ArchMap, entry: ModuleEntry, target: str, *, qualifier: str | None = None) -> dict[str, str]:
+    """Tensor names for one branch in the target layout: keys 'down', 'up', and maybe 'alpha', 'magnitude'."""
+    spec = arch.get(entry.module)
+    if target == "kohya":
+        base = arch.kohya_name(entry.module)  # SGM names for the SDXL UNet, as A1111/ComfyUI expect
+        return {"down": f"{base}.lora_down.weight", "up": f"{base}.lora_up.weight", "alpha": f"{base}.alpha"}
+    prefix = f"{spec.component}.{spec.path}" if target == "diffusers" else f"base_model.model.{spec.path}"
+    q = f".{qualifier}" if qualifier else ""
+    names = {"down": f"{prefix}.lora_A{q}.weight", "up": f"{prefix}.lora_B{q}.weight"}
+    if entry.dora:
+        # peft saves DoRA magnitudes without a ".weight" suffix, and diffusers inherits that naming.
+        names["magnitude"] = f"{prefix}.lora_magnitude_vector{q}"
+    return names
+
+
+def lora_config_fields(entries: list[ModuleEntry], arch: ArchMap) -> dict[str, dict]:
+    """Per component, the LoraConfig fields that reproduce each entry's scale exactly."""
+    per: dict[str, dict] = {}
+    for component in COMPONENTS:
+        chosen = [e for e in entries if e.component == component]
+        if not chosen:
+            continue
+        rslora = {e.rslora for e in chosen}
+        use_rslora = rslora == {True}
+        pairs = {arch.get(e.module).path: (e.rank, _alpha_for(e, use_rslora)) for e in chosen}
+        fields = compact_patterns(pairs)
+        fields.update({
+            "target_modules": sorted(pairs),
+            "use_rslora": use_rslora,
+            "use_dora": any(e.dora for e in chosen),
+            "lora_dropout": 0.0,
+            "bias": "none",
+        })
+        per[component] = fields
+    return per
+
+
+def _alpha_for(entry: ModuleEntry, use_rslora: bool) -> float:
+    if entry.rslora == use_rslora:
+        return entry.alpha
+    # Mixed conventions in one component: express this entry's scale in the chosen one.
+    return entry.scale * (math.sqrt(entry.rank) if use_rslora else entry.rank)
+
+
+def diffusers_metadata(entries: list[ModuleEntry], arch: ArchMap) -> str:
+    packed = {f"{component}.{k}": v for component, fields in lora_config_fields(entries, arch).items()
+              for k, v in fields.items()}
+    return json.dumps(packed, sort_keys=True, separators=(",", ":"))
+
+
+def peft_adapter_config(entries: list[ModuleEntry], arch: ArchMap) -> dict:
+    (fields,) = lora_config_fields(entries, arch).values()
+    return {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": None,
+            "inference_mode": True, "init_lora_weights": True, **fields}
+
+
+def kohya_alpha(entry: ModuleEntry) -> tuple[str, bytes]:
+    """The alpha tensor for kohya output: the value that gives the same scale, in the dtype it came in."""
+    value = entry.alpha if not entry.rslora else entry.scale * entry.rank
+    dtype = entry.alpha_dtype if entry.alpha_dtype in _SCALAR_FORMATS else "F32"
+    if dtype in ("I64", "I32") and value != int(value):
+        dtype = "F32"
+    encoded = encode_scalar(dtype, value)
+    if dtype in ("F16", "BF16") and decode_scalar(dtype, encoded) != value:
+        dtype, encoded = "F32", encode_scalar("F32", value)  # never round an alpha away
+    return dtype, encoded
+
+
+def encode_scalar(dtype: str, value: float) -> bytes:
+    if dtype == "BF16":
+        bits = struct.unpack("<I", struct.pack("<f", value))[0]
+        bits += 0x7FFF + ((bits >> 16) & 1)  # round to nearest even
+        return struct.pack("<H", (bits >> 16) & 0xFFFF)
+    fmt = _SCALAR_FORMATS[dtype]
+    return struct.pack(fmt, int(value) if fmt in ("<q", "<i") else value)

@@ -1,0 +1,151 @@
+"""Writing an adapter: tensor names for the target layout, the header, and the manifest.
+
+Every factor is copied byte for byte from the source in source order (one sequential pass that
+also hashes the source for provenance). Only kohya alphas that the source did not store are
+created, in the dtype recorded for them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapterctl.errors import InputNotFound, OutputExists, UsageError
+from adapterctl.format.constants import (DIFFUSERS_METADATA_KEY, DROPPED_STALE_KEYS, FORMAT_KEY, FORMAT_NAME,
+                                         FORMAT_VERSION, MANIFEST_KEY, MODELSPEC_VERSION)
+from adapterctl.format.manifest import ModuleEntry, Provenance, Source, TensorKeys
+from adapterctl.io.atomic import TMP_SUFFIX
+from adapterctl.io.writer import HASH_0X, HASH_HEX, SOURCE_HASH, OutTensor, write_safetensors
+from adapterctl.layouts import write as W
+from adapterctl.layouts.peft_dir import CONFIG_NAME, WEIGHTS_NAME
+
+if TYPE_CHECKING:
+    from adapterctl.adapter import Adapter, SaveResult
+
+
+def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: bool) -> "SaveResult":
+    from adapterctl.adapter import SaveResult
+
+    target = adapter.manifest.layout
+    tensors, entries = _plan(adapter)
+    manifest = adapter.manifest.model_copy(update={
+        "modules": entries,
+        "provenance": Provenance(
+            sources=list(adapter.manifest.provenance.sources) + [
+                Source(sha256=SOURCE_HASH, name=adapter.path.name[:200], layout=adapter.read.layout)],
+            operations=list(adapter.manifest.provenance.operations) + list(adapter.pending)),
+    })
+    metadata = _metadata(adapter, manifest, path, strip_foreign)
+    inputs = (adapter.source.path,)
+    if target == "peft":
+        result = _save_peft_dir(adapter, path, tensors, metadata, entries, force=force, inputs=inputs)
+    else:
+        result = write_safetensors(path, tensors, metadata, source=adapter.source, force=force, inputs=inputs)
+    return SaveResult(path=path, layout=target, tensors=len(tensors), bytes=result.nbytes,
+                      sha256=result.sha256, source_sha256=result.source_sha256)
+
+
+def _plan(adapter: "Adapter") -> tuple[list[OutTensor], list[ModuleEntry]]:
+    st = adapter.source
+    target = adapter.manifest.layout
+    # An explicit convert always renames, so kohya output gets SGM names even from a kohya file
+    # that used diffusers module names.
+    renaming = target != adapter.read.layout or any(op.op == "convert" for op in adapter.pending)
+    per_module = Counter(e.module for e in adapter.manifest.modules)
+    ordered: list[tuple[float, OutTensor]] = []
+    entries: list[ModuleEntry] = []
+    for entry in adapter.manifest.modules:
+        old = entry.tensors
+        if renaming or _qualified(old.down):
+            qualifier = entry.role if per_module[entry.module] > 1 else None
+            names = W.factor_names(adapter.arch, entry, target, qualifier=qualifier)
+        else:
+            names = {k: v for k, v in old.model_dump().items() if v}
+        base = st.tensors[old.down].start
+        keys: dict[str, str | None] = {}
+        for part in ("down", "up", "magnitude", "router_weight", "router_bias"):
+            src = getattr(old, part)
+            if src is None:
+                continue
+            keys[part] = names.get(part, src)
+            ordered.append((st.tensors[src].start, OutTensor.copy(st, src, keys[part])))
+        if target == "kohya":
+            if old.alpha is not None and not renaming:
+                keys["alpha"] = old.alpha
+                ordered.append((st.tensors[old.alpha].start, OutTensor.copy(st, old.alpha)))
+            elif old.alpha is not None and adapter.read.layout == "kohya":
+                keys["alpha"] = names["alpha"]
+                ordered.append((st.tensors[old.alpha].start, OutTensor.copy(st, old.alpha, names["alpha"])))
+            elif renaming:
+                dtype, raw = W.kohya_alpha(entry)
+                keys["alpha"] = names["alpha"]
+                ordered.append((base + 0.5, OutTensor.from_bytes(names["alpha"], dtype, (), raw)))
+        elif old.alpha is not None and not renaming:
+            keys["alpha"] = old.alpha  # network alphas of an old diffusers file stay where they were
+            ordered.append((st.tensors[old.alpha].start, OutTensor.copy(st, old.alpha)))
+        entries.append(entry.model_copy(update={"tensors": TensorKeys(**keys)}))
+    ordered.sort(key=lambda item: item[0])
+    return [t for _, t in ordered], entries
+
+
+def _qualified(key: str) -> bool:
+    return ".lora_A.content." in key or ".lora_A.style." in key
+
+
+def _metadata(adapter: "Adapter", manifest, path: Path, strip_foreign: bool) -> dict[str, str]:
+    meta = {} if strip_foreign else adapter.foreign_metadata()
+    for key in DROPPED_STALE_KEYS:
+        meta.pop(key, None)
+    if "sshs_model_hash" in meta:
+        meta["sshs_model_hash"] = HASH_HEX
+    today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    meta.setdefault("modelspec.sai_model_spec", MODELSPEC_VERSION)
+    meta["modelspec.architecture"] = f"{adapter.arch.modelspec_architecture}"
+    meta.setdefault("modelspec.title", path.stem if path.suffix else path.name)
+    meta.setdefault("modelspec.date", today)
+    meta["modelspec.hash_sha256"] = HASH_0X
+    if manifest.layout == "diffusers":
+        meta[DIFFUSERS_METADATA_KEY] = W.diffusers_metadata(list(manifest.modules), adapter.arch)
+    meta[FORMAT_KEY] = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+    meta[MANIFEST_KEY] = manifest.to_json()
+    return meta
+
+
+def _save_peft_dir(adapter, path: Path, tensors, metadata, entries, *, force: bool, inputs):
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError("peft output must be a directory, and a file is there", path=str(path))
+        if not force:
+            raise OutputExists("output directory exists", path=str(path), hint="pass --force to replace it")
+        if not (path / CONFIG_NAME).exists():
+            raise UsageError(f"refusing to replace a directory that is not a peft adapter (no {CONFIG_NAME})",
+                             path=str(path))
+    for src in inputs:
+        if path.exists() and src.parent.exists() and os.path.samefile(path, src.parent):
+            raise UsageError("the output is the input directory; inputs are never modified", path=str(path))
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputNotFound("output directory does not exist", path=str(parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=parent))
+    try:
+        result = write_safetensors(staging / WEIGHTS_NAME, tensors, metadata, source=adapter.source)
+        config = W.peft_adapter_config(entries, adapter.arch)
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.chmod(staging, 0o755)
+        if path.exists():
+            graveyard = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=TMP_SUFFIX, dir=parent))
+            os.rename(path, graveyard / "old")
+            os.rename(staging, path)
+            shutil.rmtree(graveyard, ignore_errors=True)
+        else:
+            os.rename(staging, path)
+        return result
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
