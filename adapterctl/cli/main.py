@@ -70,8 +70,10 @@ def run(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="adapterctl", standalone_mode=False)
-        return 0
+        # With standalone_mode=False, click catches a command's typer.Exit(code) itself and
+        # *returns* the code instead of raising it; a command that finishes returns None.
+        rv = app(args=argv, prog_name="adapterctl", standalone_mode=False)
+        return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
     except typer.Exit as exc:  # --help, --version, or a command's own exit code
         return exc.exit_code
     except click.NoArgsIsHelpError as exc:
