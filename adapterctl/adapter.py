@@ -122,7 +122,8 @@ class Adapter:
             clear: bool = False) -> "Adapter":
         """Assign roles by preset and/or 'role=selector' rules. Existing roles stay unless overridden."""
         rules = list(_roles.preset_rules(self.arch, preset)) if preset else []
-        rules += [r if isinstance(r, RoleRule) else _roles.parse_role_rules([r])[0] for r in roles]
+        # One 'role=a,b' string is several rules; keep them all, not just the first selector.
+        rules += [rule for r in roles for rule in ([r] if isinstance(r, RoleRule) else _roles.parse_role_rules([r]))]
         if not rules and not clear:
             raise UsageError("nothing to tag", hint="pass --preset NAME or --role ROLE=SELECTOR")
         entries = self.manifest.modules
