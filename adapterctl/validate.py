@@ -101,7 +101,9 @@ def _shape_problems(adapter: "Adapter") -> list[str]:
             problems.append(f"{e.module}: down {list(down)} up {list(up)}, expected {list(want_down)} {list(want_up)}")
         if e.tensors.magnitude:
             mag = st.tensors[e.tensors.magnitude].shape
-            if math.prod(mag) != spec.out_features:
+            # peft keeps one magnitude per output; LyCORIS's dora_scale may be per input instead.
+            allowed = {spec.out_features} | ({spec.in_features} if e.tensors.magnitude.endswith("dora_scale") else set())
+            if math.prod(mag) not in allowed:
                 problems.append(f"{e.module}: DoRA magnitude has {math.prod(mag)} values for {spec.out_features} outputs")
     return problems
 

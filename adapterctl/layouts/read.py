@@ -59,9 +59,13 @@ def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dic
 
     scaler = _Scaler(st, layout, peft_config)
     result.scaling_source = scaler.source
+    lycoris_modules = {(p.component, p.path) for p in parsed if p.family == "lycoris"}
     for (component, path, qualifier), parts in groups.items():
+        if set(parts) <= {K.ALPHA, K.DORA_SCALE} and (component, path) in lycoris_modules:
+            continue  # the alpha of a LyCORIS module: reported with its algorithm, not as unmapped
         if K.DORA_SCALE in parts:
-            result.warnings.append("kohya/LyCORIS dora_scale present: DoRA in this form is reported, not converted")
+            result.warnings.append("kohya/LyCORIS dora_scale present: kept within kohya, not converted to "
+                                   "diffusers/peft (a different DoRA parametrisation)")
         entry = _entry(st, arch, component, path, qualifier, parts, scaler, layout)
         if entry is None:
             result.unmapped.extend(p.key for p in parts.values())
@@ -100,11 +104,12 @@ def _entry(st, arch, component, path, qualifier, parts, scaler, layout) -> Optio
         alpha=alpha, scale=scale, rslora=rslora, alpha_dtype=alpha_dtype, dtype=down.dtype,
         role="expert" if expert else role, role_source="declared" if (expert or role) else None,
         experts=down.shape[0] if expert else None,
-        dora=K.MAGNITUDE in parts or scaler.use_dora(spec.component),
+        dora=K.MAGNITUDE in parts or K.DORA_SCALE in parts or scaler.use_dora(spec.component),
         tensors=TensorKeys(
             down=down.name, up=up.name,
             alpha=parts[K.ALPHA].key if K.ALPHA in parts else None,
-            magnitude=parts[K.MAGNITUDE].key if K.MAGNITUDE in parts else None,
+            magnitude=(parts.get(K.MAGNITUDE) or parts.get(K.DORA_SCALE)).key
+            if (K.MAGNITUDE in parts or K.DORA_SCALE in parts) else None,
             router_weight=parts[K.ROUTER_W].key if K.ROUTER_W in parts else None,
             router_bias=parts[K.ROUTER_B].key if K.ROUTER_B in parts else None,
         ),
