@@ -48,11 +48,16 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
-def _looks_like_pickle(head: bytes) -> bool:
+def _looks_like_pickle(head: bytes, size: int) -> bool:
     # torch.save writes a zip archive; older torch and plain pickle start with PROTO (0x80, 2..5).
     if head.startswith(b"PK\x03\x04"):
         return True
-    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    if not (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return False
+    # A valid header length can start with the same two bytes (640, 896, 1152 or 1408 bytes, +k*65536),
+    # so a file whose length field fits and whose header then opens with '{' is safetensors, not pickle.
+    header_len = int.from_bytes(head[:8], "little")
+    return not (len(head) >= 9 and 8 + header_len <= size and head[8:9] == b"{")
 
 
 def check_input_path(path: Path) -> os.stat_result:
@@ -103,13 +108,13 @@ class SafetensorsFile:
     def _parse(self):
         if self.size == 0:
             raise self._fail("empty file (0 bytes)")
-        head = os.pread(self._fd, 8, 0)
-        if _looks_like_pickle(head):
+        head = os.pread(self._fd, 9, 0)
+        if _looks_like_pickle(head, self.size):
             raise UnsafeFile("this is a pickle (torch.save/zip) file, not safetensors; adapterctl never unpickles",
                              path=str(self.path), hint="convert it to .safetensors in an environment you trust")
         if len(head) < 8:
             raise self._fail(f"truncated: {self.size} bytes is shorter than the 8-byte header length")
-        header_len = int.from_bytes(head, "little")
+        header_len = int.from_bytes(head[:8], "little")
         if header_len > HEADER_CAP:
             raise self._fail(f"header length {header_len} exceeds the {HEADER_CAP}-byte cap")
         if 8 + header_len > self.size:
