@@ -24,6 +24,7 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
     st = adapter.source
     entries = m.modules
     tensors = [st.tensors[k] for e in entries for k in e.tensors.model_dump().values() if k]
+    alpha_names = {e.tensors.alpha for e in entries}  # built once: per tensor it made inspect O(n^2)
     roles: dict[str, dict] = {}
     for e in entries:
         key = e.role or "untagged"
@@ -61,7 +62,7 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
         "preset": m.preset,
         "modules": len(entries),
         "tensors": len(st.tensors),
-        "parameters": sum(t.numel for t in tensors if t.name not in {e.tensors.alpha for e in entries}),
+        "parameters": sum(t.numel for t in tensors if t.name not in alpha_names),
         "dtypes": dict(Counter(e.dtype for e in entries)),
         "components": dict(Counter(e.component for e in entries)),
         "kinds": dict(Counter(e.kind for e in entries)),
