@@ -26,6 +26,7 @@ from adapterctl.format.manifest import Manifest, ModuleEntry, Operation, Provena
 from adapterctl.format import roles as _roles
 from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.layouts.read import ReadResult, read_layout
+from adapterctl.textsafe import escape
 
 # modelspec.architecture / ss_base_model_version values we know, mapped to architecture maps.
 _ARCH_HINTS = {"stable-diffusion-xl-v1-base": "sdxl", "sdxl_base_v1-0": "sdxl", "sdxl": "sdxl"}
@@ -80,7 +81,7 @@ class Adapter:
             raise UnknownArchitecture(f"none of the {len(result.unmapped)} LoRA tensors match the {arch.name} map",
                                       path=str(path), hint="is this adapter for another base model?")
         if stored is not None:
-            manifest = _reconcile(stored, result, st)
+            manifest = _reconcile(stored, result, st, arch)
         else:
             entries, preset = _roles.infer_roles(arch, result.entries)
             manifest = Manifest(architecture=arch.name, layout=result.layout if result.layout != "lycoris" else "kohya",
@@ -219,7 +220,7 @@ def _guess_method(result: ReadResult, preset: Optional[str]) -> str:
     return "locon" if any(e.kind == "conv" for e in result.entries) else "lora"
 
 
-def _reconcile(stored: Manifest, result: ReadResult, st: SafetensorsFile) -> Manifest:
+def _reconcile(stored: Manifest, result: ReadResult, st: SafetensorsFile, arch: ArchMap) -> Manifest:
     """A stored manifest is trusted only after it agrees with the tensors it describes."""
     read_by_down = {e.tensors.down: e for e in result.entries}
     for entry in stored.modules:
@@ -231,6 +232,10 @@ def _reconcile(stored: Manifest, result: ReadResult, st: SafetensorsFile) -> Man
         if found is None or found.module != entry.module or found.tensors.up != entry.tensors.up:
             raise InvalidFile(f"manifest entry '{entry.module}' does not match the tensors' own names",
                               path=str(st.path))
+        spec = arch.get(entry.module)
+        if (entry.block, entry.component) != (spec.block, spec.component):
+            raise InvalidFile(f"manifest puts '{entry.module}' in block '{escape(str(entry.block))[:80]}', "
+                              f"the {arch.name} map says '{spec.block}'", path=str(st.path))
         if found.rank != entry.rank or found.kind != entry.kind:
             raise InvalidFile(f"manifest says rank {entry.rank} for '{entry.module}', tensors have {found.rank}",
                               path=str(st.path))
