@@ -60,8 +60,11 @@ def factor_names(arch: ArchMap, entry: ModuleEntry, target: str, *, qualifier: s
     return names
 
 
-def lora_config_fields(entries: list[ModuleEntry], arch: ArchMap) -> dict[str, dict]:
-    """Per component, the LoraConfig fields that reproduce each entry's scale exactly."""
+def lora_config_fields(entries: list[ModuleEntry], arch: ArchMap, *, unwrap: bool = False) -> dict[str, dict]:
+    """Per component, the LoraConfig fields that reproduce each entry's scale exactly.
+
+    ``unwrap``: name text-encoder modules without the ``text_model.`` wrapper (see _config_path).
+    """
     per: dict[str, dict] = {}
     for component in COMPONENTS:
         chosen = [e for e in entries if e.component == component]
@@ -69,7 +72,8 @@ def lora_config_fields(entries: list[ModuleEntry], arch: ArchMap) -> dict[str, d
             continue
         rslora = {e.rslora for e in chosen}
         use_rslora = rslora == {True}
-        pairs = {arch.get(e.module).path: (e.rank, _alpha_for(e, use_rslora)) for e in chosen}
+        pairs = {_config_path(arch.get(e.module).path, unwrap): (e.rank, _alpha_for(e, use_rslora))
+                 for e in chosen}
         fields = compact_patterns(pairs)
         fields.update({
             "target_modules": sorted(pairs),
@@ -82,6 +86,18 @@ def lora_config_fields(entries: list[ModuleEntry], arch: ArchMap) -> dict[str, d
     return per
 
 
+def _config_path(path: str, unwrap: bool) -> str:
+    # LoraConfig names are matched against *live* module names. transformers 5 dropped the
+    # ``text_model`` wrapper from CLIPTextModel (not from CLIPTextModelWithProjection), while files
+    # keep it. diffusers strips ``text_model.`` from a flattened encoder's tensor keys but passes
+    # lora_adapter_metadata through untouched, so with the wrapper in target_modules a
+    # transformers-5 TE1 fails (NoMatchingPeftModuleError). peft matches target_modules and
+    # patterns as dotted suffixes, so the unwrapped path selects the same module under every
+    # transformers version. A peft directory is not unwrapped: its tensor keys name live paths,
+    # and a config that matched while the keys did not would load nothing, silently.
+    return path.removeprefix("text_model.") if unwrap else path
+
+
 def _alpha_for(entry: ModuleEntry, use_rslora: bool) -> float:
     if entry.rslora == use_rslora:
         return entry.alpha
@@ -90,7 +106,7 @@ def _alpha_for(entry: ModuleEntry, use_rslora: bool) -> float:
 
 
 def diffusers_metadata(entries: list[ModuleEntry], arch: ArchMap) -> str:
-    packed = {f"{component}.{k}": v for component, fields in lora_config_fields(entries, arch).items()
+    packed = {f"{component}.{k}": v for component, fields in lora_config_fields(entries, arch, unwrap=True).items()
               for k, v in fields.items()}
     return json.dumps(packed, sort_keys=True, separators=(",", ":"))
 
