@@ -31,8 +31,8 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
         slot = roles.setdefault(key, {"modules": 0, "source": None, "blocks": []})
         slot["modules"] += 1
         slot["source"] = e.role_source if slot["source"] in (None, e.role_source) else "mixed"
-        if e.block and e.block not in slot["blocks"]:
-            slot["blocks"].append(e.block)
+        if e.block and escape(e.block) not in slot["blocks"]:
+            slot["blocks"].append(escape(e.block))
     blocks: dict[str, dict] = {}
     for e in entries:
         b = blocks.setdefault(e.block or "?", {"block": e.block, "modules": 0, "roles": [], "kinds": Counter(),
@@ -45,8 +45,8 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
             b["roles"].append(role)
     order = {blk: i for i, blk in enumerate(adapter.arch.blocks())}
     block_list = [
-        {"block": v["block"], "modules": v["modules"], "roles": v["roles"], "kinds": dict(v["kinds"]),
-         "rank": sorted(v["ranks"]), "lbw": v["lbw"]}
+        {"block": escape(v["block"]) if v["block"] else None, "modules": v["modules"], "roles": v["roles"],
+         "kinds": dict(v["kinds"]), "rank": sorted(v["ranks"]), "lbw": v["lbw"]}
         for v in sorted(blocks.values(), key=lambda v: order.get(v["block"], 1 << 30))
     ]
     return {
@@ -59,11 +59,11 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
         "architecture": m.architecture,
         "layout": m.layout,
         "method": escape(m.method),
-        "preset": m.preset,
+        "preset": escape(m.preset) if m.preset else None,
         "modules": len(entries),
         "tensors": len(st.tensors),
         "parameters": sum(t.numel for t in tensors if t.name not in alpha_names),
-        "dtypes": dict(Counter(e.dtype for e in entries)),
+        "dtypes": dict(Counter(escape(e.dtype) for e in entries)),
         "components": dict(Counter(e.component for e in entries)),
         "kinds": dict(Counter(e.kind for e in entries)),
         "roles": roles,
@@ -81,7 +81,7 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
         "warnings": [escape(w) for w in dict.fromkeys(adapter.read.warnings)],
         "metadata": _metadata(adapter.foreign_metadata()),
         "provenance": {"sources": len(m.provenance.sources),
-                       "operations": [op.op for op in m.provenance.operations]},
+                       "operations": [escape(op.op) for op in m.provenance.operations]},
     }
 
 

@@ -35,8 +35,10 @@ def inspect_cmd(
         report = inspect_report(adapter)
         if weights:
             from adapterctl.stats import block_stats
+            from adapterctl.textsafe import escape
 
-            report["weights"] = block_stats(adapter)
+            # Block names can come from a stored manifest: escape them like the report does.
+            report["weights"] = [{**w, "block": escape(w["block"])} for w in block_stats(adapter)]
     if markdown and not json_out:
         if not quiet:
             print(render_markdown(report), end="")
@@ -49,10 +51,10 @@ def render_text(console, r: dict) -> None:
 
     head = (f"[bold]{plain(r['path'])}[/]  {r['size'] / 1e6:.1f} MB  "
             f"{r['architecture']} · {r['layout']} · {plain(r['method'])}"
-            + (f" · preset {r['preset']}" if r["preset"] else "") + f" · manifest {r['manifest']}")
+            + (f" · preset {plain(r['preset'])}" if r["preset"] else "") + f" · manifest {r['manifest']}")
     console.print(head)
     console.print(f"{r['modules']} LoRA modules, {r['parameters']:,} parameters, dtypes "
-                  + ", ".join(f"{k}×{v}" for k, v in r["dtypes"].items())
+                  + ", ".join(f"{plain(k)}×{v}" for k, v in r["dtypes"].items())
                   + " · components " + ", ".join(f"{k} {v}" for k, v in r["components"].items()))
     console.print(f"rank {_range(r['rank'])}  alpha {_range(r['alpha'])}  scale {_range(r['scale'])} "
                   f"(from {r['scaling']})")
@@ -68,7 +70,7 @@ def render_text(console, r: dict) -> None:
         table.add_column("‖ΔW‖", justify="right")
         table.add_column("eff. rank", justify="right")
     for b in r["blocks"]:
-        row = [b["block"] or "?", b["lbw"] or "-", str(b["modules"]), ",".join(b["roles"]),
+        row = [plain(b["block"] or "?"), b["lbw"] or "-", str(b["modules"]), ",".join(b["roles"]),
                ",".join(map(str, b["rank"])), ",".join(f"{k} {v}" for k, v in b["kinds"].items())]
         if weights:
             w = weights.get(b["block"])

@@ -58,8 +58,9 @@ def _fail(message: str, code: int, *, error_code: str, argv: list[str], hint: st
         line += f" (hint: {escape(hint)})"
     sys.stderr.write(f"error: {line}\n")
     if _wants_json(argv):
-        sys.stdout.write(json.dumps({"ok": False, "error": {"code": error_code, "message": message,
-                                                            "hint": hint}}) + "\n")
+        # Escaped here too: a consumer that prints the decoded message must not get raw controls.
+        sys.stdout.write(json.dumps({"ok": False, "error": {"code": error_code, "message": escape(message),
+                                                            "hint": escape(hint) if hint else hint}}) + "\n")
     return code
 
 
