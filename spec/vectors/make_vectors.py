@@ -158,7 +158,9 @@ def valid_diffusers_metadata(out: Path) -> None:
         "unet.r": 2, "unet.lora_alpha": 4.0, "unet.rank_pattern": {k_path: 1}, "unet.alpha_pattern": {k_path: 1.0},
         "unet.target_modules": sorted([ARCH.get(Q640).path, k_path]), "unet.use_rslora": False,
         "unet.use_dora": False,
-        "text_encoder.r": 2, "text_encoder.lora_alpha": 2.0, "text_encoder.target_modules": [ARCH.get(TE1_Q).path],
+        # Text-encoder paths in this metadata omit "text_model." (spec/FORMAT.md §8).
+        "text_encoder.r": 2, "text_encoder.lora_alpha": 2.0,
+        "text_encoder.target_modules": [ARCH.get(TE1_Q).path.removeprefix("text_model.")],
     }
     meta = {"lora_adapter_metadata": json.dumps(config, sort_keys=True, separators=(",", ":"))}
     write_safetensors(out / "valid_diffusers_metadata.safetensors", tensors, meta, force=True)
