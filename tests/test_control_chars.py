@@ -48,15 +48,16 @@ def _metadata_and_keys_file(path: Path) -> None:
     write_safetensors(path, tensors, meta, force=True)
 
 
-def _manifest_file(path: Path) -> None:
-    """A stored manifest whose free-form strings (not checked against the tensors) are hostile."""
+def _manifest_file(path: Path, *, block: str | None = None) -> None:
+    """A stored manifest whose free-form strings (not checked against the tensors) are hostile.
+    With ``block``, the entry's block is that string, which readers refuse (it must match the map)."""
     spec = ARCH.get(Q)
     down, up = f"{Q}.lora_A.weight", f"{Q}.lora_B.weight"
     manifest = {
         "format": "adapterctl.lora", "version": 1, "architecture": "sdxl", "layout": "diffusers",
         "method": f"lora{EVIL}{MARKUP}", "preset": f"p{EVIL}{MARKUP}",
         "role_rules": [{"selector": f"{spec.block}{EVIL}", "role": "style"}],
-        "modules": [{"module": Q, "component": "unet", "block": f"blk{EVIL}{MARKUP}", "kind": "linear", "rank": 1,
+        "modules": [{"module": Q, "component": "unet", "block": block or spec.block, "kind": "linear", "rank": 1,
                      "alpha": 1.0, "scale": 1.0, "dtype": f"F16{EVIL}{MARKUP}", "alpha_dtype": f"a{EVIL}",
                      "role": "style", "role_source": "declared", "tensors": {"down": down, "up": up}}],
         "provenance": {"sources": [{"sha256": f"0{EVIL}", "name": f"src{EVIL}", "layout": f"l{EVIL}"}],
@@ -66,6 +67,10 @@ def _manifest_file(path: Path) -> None:
     meta = {"adapterctl.format": "adapterctl.lora/1", "adapterctl.manifest": json.dumps(manifest),
             "modelspec.architecture": "stable-diffusion-xl-v1-base/lora"}
     write_safetensors(path, _lora_tensors((down, up)), meta, force=True)
+
+
+def _bad_block_file(path: Path) -> None:
+    _manifest_file(path, block=f"blk{EVIL}{MARKUP}")
 
 
 def _bad_file(path: Path) -> None:
@@ -80,7 +85,8 @@ def _bad_file(path: Path) -> None:
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("ctl")
     out = {}
-    for name, make in (("metadata", _metadata_and_keys_file), ("manifest", _manifest_file), ("bad", _bad_file)):
+    for name, make in (("metadata", _metadata_and_keys_file), ("manifest", _manifest_file), ("bad", _bad_file),
+                       ("bad_block", _bad_block_file)):
         # The file name is hostile too: paths are echoed in reports and error lines.
         path = d / f"{name}{EVIL.replace(chr(0), '')}.safetensors"
         make(path)
@@ -133,7 +139,7 @@ def test_escapes_are_visible_not_dropped(results):
 def test_markup_in_manifest_strings_is_printed_literally(results):
     for mode in ("text", "weights"):
         out = results[("manifest", "inspect", mode)].stdout
-        # preset, dtype and block (and method) all show the markup as text, none is interpreted
+        # method, preset and dtype all show the markup as text, none is interpreted
         assert out.count(MARKUP) >= 3, out
 
 
@@ -145,8 +151,9 @@ def test_other_commands_never_print_raw_controls(results, fname, cmd, mode):
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_error_lines_never_print_raw_controls(results, mode):
-    r = results[("bad", "inspect", mode)]
+@pytest.mark.parametrize("fname", ["bad", "bad_block"])
+def test_error_lines_never_print_raw_controls(results, fname, mode):
+    r = results[(fname, "inspect", mode)]
     assert r.rc == 3
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
