@@ -55,4 +55,5 @@ def _render(console, result: dict) -> None:
             if c["status"] != "pass":
                 console.print(f"   {_MARK[c['status']]} {c['name']}: {plain(c['message'])}")
     s = result["summary"]
-    console.print(f"{s['files']} files: {s['failed']} failed, {s['warned']} with warnings")
+    noun = "file" if s["files"] == 1 else "files"
+    console.print(f"{s['files']} {noun}: {s['failed']} failed, {s['warned']} with warnings")

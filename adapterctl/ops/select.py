@@ -27,7 +27,8 @@ def select_entries(adapter: "Adapter", *, keep: list[str], drop: list[str], keep
     asked = set(keep + drop) - {"untagged"}
     if asked and roles_present == {"untagged"}:
         raise UsageError("this adapter has no roles to split by",
-                         hint=f"tag it first: adapterctl tag {adapter.path} --preset b-lora")
+                         hint=f"tag it first: adapterctl tag {adapter.path} --role style=BLOCK "
+                              "(or --preset NAME)")
     chosen = entries
     if keep:
         chosen = [e for e in chosen if (e.role or "untagged") in keep]
