@@ -29,17 +29,6 @@ ALPHAS = [(2.0, torch.float16), (1.5, torch.bfloat16), (3, torch.int64), (0.7, t
           (5.0, torch.float64), (6.0, torch.float16)]
 
 
-@pytest.fixture(scope="module")
-def shapes():
-    T.quiet_loaders()
-    return T.build_models()
-
-
-@pytest.fixture(scope="module")
-def all_names(shapes):
-    return list(T.live_modules(shapes))
-
-
 def _rank(name: str) -> int:
     return 2 if T.spec(name).kind == "conv" else 4
 

@@ -32,17 +32,6 @@ VARIED_ALPHAS = [(1.0, torch.bfloat16), (3, torch.int64), (0.5, torch.float16), 
                  (1.5, torch.bfloat16), (8, torch.int64)]
 
 
-@pytest.fixture(scope="module")
-def shapes():
-    T.quiet_loaders()
-    return T.build_models()
-
-
-@pytest.fixture(scope="module")
-def all_names(shapes):
-    return list(T.live_modules(shapes))
-
-
 def _uniform_in_diffusers(name: str) -> bool:
     """Modules whose kohya alpha diffusers 0.42 replaces by the file's most common alpha.
 

@@ -1,8 +1,26 @@
-"""What every writing command shares: default output names and the result object."""
+"""What every writing command shares: open, derive, save, and report the result."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Optional
+
+from adapterctl.cli.output import Output
+
+
+def write_command(path: Path, derive: Callable, *, suffix: str, output: Optional[Path], force: bool,
+                  strip_metadata: bool, arch: Optional[str], json_out: bool, quiet: bool,
+                  directory: bool = False) -> None:
+    """Open ``path``, apply ``derive(adapter) -> Adapter``, save to -o or '<stem>.<suffix>' beside it."""
+    from adapterctl.adapter import Adapter
+
+    out = Output(json_mode=json_out, quiet=quiet)
+    with Adapter.open(path, arch=arch) as adapter:
+        derived = derive(adapter)
+        target = output or default_output(path, suffix, directory=directory)
+        saved = derived.save(target, force=force, strip_foreign=strip_metadata)
+    out.result(write_result(saved, derived))
+    out.done(done_line(saved, derived))
 
 
 def default_output(src: Path, suffix: str, *, directory: bool = False) -> Path:

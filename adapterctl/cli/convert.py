@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from adapterctl.cli._write import default_output, done_line, write_result
+from adapterctl.cli._write import write_command
 from adapterctl.cli.options import ArchOpt, ForceOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
-from adapterctl.cli.output import Output
 
 
 def register(app: typer.Typer) -> None:
@@ -33,12 +32,5 @@ def convert_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from adapterctl.adapter import Adapter
-
-    out = Output(json_mode=json_out, quiet=quiet)
-    with Adapter.open(path, arch=arch) as adapter:
-        converted = adapter.convert(to)
-        target = output or default_output(path, to, directory=(to == "peft"))
-        saved = converted.save(target, force=force, strip_foreign=strip_metadata)
-    out.result(write_result(saved, converted))
-    out.done(done_line(saved, converted))
+    write_command(path, lambda a: a.convert(to), suffix=to, directory=(to == "peft"), output=output, force=force,
+                  strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)

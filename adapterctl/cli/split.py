@@ -6,9 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from adapterctl.cli._write import default_output, done_line, write_result
+from adapterctl.cli._write import write_command
 from adapterctl.cli.options import ArchOpt, ForceOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
-from adapterctl.cli.output import Output
 
 
 def register(app: typer.Typer) -> None:
@@ -34,17 +33,10 @@ def split_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from adapterctl.adapter import Adapter
-
-    out = Output(json_mode=json_out, quiet=quiet)
-    keep, drop = _words(keep), _words(drop)
-    blocks = _words(keep_blocks)
-    with Adapter.open(path, arch=arch) as adapter:
-        part = adapter.split(keep=keep, drop=drop, keep_blocks=blocks)
-        suffix = "-".join(keep) if keep else ("no-" + "-".join(drop) if drop else "blocks")
-        saved = part.save(output or default_output(path, suffix), force=force, strip_foreign=strip_metadata)
-    out.result(write_result(saved, part))
-    out.done(done_line(saved, part))
+    keep, drop, blocks = _words(keep), _words(drop), _words(keep_blocks)
+    suffix = "-".join(keep) if keep else ("no-" + "-".join(drop) if drop else "blocks")
+    write_command(path, lambda a: a.split(keep=keep, drop=drop, keep_blocks=blocks), suffix=suffix,
+                  output=output, force=force, strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)
 
 
 def _words(values: Optional[list[str]]) -> list[str]:

@@ -6,9 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from adapterctl.cli._write import default_output, done_line, write_result
+from adapterctl.cli._write import write_command
 from adapterctl.cli.options import ArchOpt, ForceOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
-from adapterctl.cli.output import Output
 
 
 def register(app: typer.Typer) -> None:
@@ -33,11 +32,5 @@ def tag_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from adapterctl.adapter import Adapter
-
-    out = Output(json_mode=json_out, quiet=quiet)
-    with Adapter.open(path, arch=arch) as adapter:
-        tagged = adapter.tag(preset=preset, roles=role or [], clear=clear)
-        saved = tagged.save(output or default_output(path, "tagged"), force=force, strip_foreign=strip_metadata)
-    out.result(write_result(saved, tagged))
-    out.done(done_line(saved, tagged))
+    write_command(path, lambda a: a.tag(preset=preset, roles=role or [], clear=clear), suffix="tagged",
+                  output=output, force=force, strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)
