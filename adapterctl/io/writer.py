@@ -5,6 +5,12 @@ loaded whole) or as in-memory bytes. The header is written first with fixed-widt
 for hashes; one sequential pass over the source then feeds both the output hash and the source
 hash, and the placeholders are patched in place. Producing ``modelspec.hash_sha256`` and the
 provenance hash of the input therefore costs no second read.
+
+Both hashes run in worker threads (hashlib releases the GIL on large updates), so on two or
+more cores they overlap each other and the copy loop; and a large output is handed to the disk
+while it is being written (periodic ``fdatasync`` in the background), so the ``fsync`` before
+the atomic rename has little left to wait for. On the 487 MB SDXL bench file (2 cores) that
+takes ``convert`` from 2.5 s to 1.5 s (docs/benchmarks.md); digests and durability are unchanged.
 """
 
 from __future__ import annotations
@@ -13,14 +19,18 @@ import hashlib
 import json
 import math
 import os
+import queue
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from adapterctl.io.atomic import atomic_write
 from adapterctl.io.safetensors_file import DTYPE_SIZES, SafetensorsFile
 
-CHUNK = 8 * 1024 * 1024
+CHUNK = 1024 * 1024  # per read; a tensor of an SDXL LoRA is at most ~1.5 MB
+HASH_QUEUE = 8  # chunks in flight per hash thread: at most HASH_QUEUE * CHUNK bytes held
+WRITEBACK_EVERY = 64 * 1024 * 1024  # start disk writeback after this many new output bytes
 
 # Metadata values may contain these markers; they are replaced after the data is written.
 HASH_0X = "@@sha256-0x@@"  # "0x" + sha256 of the output data region (ModelSpec)
@@ -73,38 +83,130 @@ def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadat
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names in output")
     header_bytes, patches = _header(tensors, metadata)
-    out_hash = hashlib.sha256()
     with atomic_write(path, force=force, inputs=inputs) as fh:
         fh.write(len(header_bytes).to_bytes(8, "little"))
         fh.write(header_bytes)
-        copier = _Copier(fh, out_hash, source, hashlib.sha256() if source is not None else None)
-        for t in tensors:
-            copier.emit(t)
-        copier.finish()
-        src_hash = copier.src_hash
-        hexes = {HASH_0X: "0x" + out_hash.hexdigest(), HASH_HEX: out_hash.hexdigest(),
-                 SOURCE_HASH: src_hash.hexdigest() if src_hash else "0" * 64}
+        copier = _Copier(fh, source)
+        try:
+            for t in tensors:
+                copier.emit(t)
+            out_hex, src_hex = copier.finish()
+        finally:
+            copier.close()  # no worker thread outlives the write, whatever happened
+        hexes = {HASH_0X: "0x" + out_hex, HASH_HEX: out_hex, SOURCE_HASH: src_hex or "0" * 64}
         for offset, marker in patches:
             fh.seek(8 + offset)
             fh.write(hexes[marker].encode("ascii"))
-    return WriteResult(out_hash.hexdigest(), src_hash.hexdigest() if src_hash else None,
-                       8 + len(header_bytes) + sum(t.nbytes for t in tensors))
+    return WriteResult(out_hex, src_hex, 8 + len(header_bytes) + sum(t.nbytes for t in tensors))
+
+
+class _Sha256Worker:
+    """sha256 of the byte strings handed to ``update``, computed in order by a worker thread.
+
+    The queue is bounded, so a slow hash back-pressures the copy loop instead of buffering the
+    file. Items must not change after ``update`` (the copier passes fresh ``bytes``).
+    """
+
+    _END = object()
+
+    def __init__(self):
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue = queue.Queue(HASH_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="adapterctl-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._END:
+            if self._error is None:
+                try:
+                    self._hash.update(item)
+                except BaseException as exc:  # noqa: BLE001 - re-raised by hexdigest()
+                    self._error = exc
+
+    def update(self, data) -> None:
+        self._queue.put(data)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self._hash.hexdigest()
+
+
+class _EarlyWriteback:
+    """Calls ``fdatasync`` from a background thread every WRITEBACK_EVERY bytes written.
+
+    The page cache would otherwise hold the whole output until the final fsync, which then
+    waits for all of it; this way the disk works while the copy and the hashes go on. The
+    kernel reports a writeback error to one sync caller only, so an error met here is kept
+    and raised by ``close()`` - it can never be swallowed.
+    """
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._unsynced = 0
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stop = False
+        self._error: OSError | None = None
+
+    def wrote(self, n: int) -> None:
+        self._unsynced += n
+        if self._unsynced >= WRITEBACK_EVERY:
+            self._unsynced = 0
+            if self._thread is None:  # started lazily: small files never get a thread
+                self._thread = threading.Thread(target=self._run, name="adapterctl-writeback", daemon=True)
+                self._thread.start()
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._error = exc
+                return
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop = True
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 class _Copier:
     """Copies tensors; keeps a cursor over the hashed source so each source byte is read once."""
 
-    def __init__(self, fh, out_hash, source, src_hash):
-        self.fh, self.out_hash, self.source, self.src_hash = fh, out_hash, source, src_hash
+    def __init__(self, fh, source):
+        self.fh, self.source = fh, source
+        self.out_hash = _Sha256Worker()
+        self.src_hash = _Sha256Worker() if source is not None else None
+        self._workers = [self.out_hash] + ([self.src_hash] if self.src_hash else [])
+        self.writeback = _EarlyWriteback(fh.fileno())
         self.cursor = 0  # source bytes hashed so far
         self.out_of_order = False
-        self.view = memoryview(bytearray(CHUNK))
         self.data_len = source.size - source.data_start if source is not None else 0
 
     def emit(self, t: OutTensor) -> None:
         if t.data is not None:
-            self.fh.write(t.data)
-            self.out_hash.update(t.data)
+            data = bytes(t.data)  # an immutable copy for the hash thread (these are small)
+            self.fh.write(data)
+            self.out_hash.update(data)
+            self.writeback.wrote(len(data))
             return
         in_order = self.source is not None and t.source is self.source and t.start >= self.cursor
         if t.source is self.source and not in_order:
@@ -115,14 +217,25 @@ class _Copier:
         if in_order:
             self.cursor = t.end
 
-    def finish(self) -> None:
-        if self.source is None:
-            return
-        if self.out_of_order:  # rare: tensors were reordered, so hash the source in a pass of its own
-            self.cursor, self.out_of_order = 0, False
-            self.src_hash = hashlib.sha256()
-        if self.cursor < self.data_len:
-            self._hash_source(self.cursor, self.data_len)
+    def finish(self) -> tuple[str, str | None]:
+        """Hex digests of the output data and of the source data region (None without a source)."""
+        if self.source is not None:
+            if self.out_of_order:  # rare: tensors were reordered, so hash the source in a pass of its own
+                self.cursor, self.out_of_order = 0, False
+                self.src_hash = _Sha256Worker()
+                self._workers.append(self.src_hash)
+            if self.cursor < self.data_len:
+                self._hash_source(self.cursor, self.data_len)
+        self.writeback.close()
+        return self.out_hash.hexdigest(), self.src_hash.hexdigest() if self.src_hash else None
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.close()
+        try:
+            self.writeback.close()
+        except OSError:
+            pass  # only reached on an error path, which is already raising
 
     def _hash_source(self, start: int, end: int) -> None:
         if self.source is not None and end > start:
@@ -131,13 +244,14 @@ class _Copier:
     def _pump(self, src: SafetensorsFile, start: int, end: int, *, write: bool, source_too: bool) -> None:
         fd, pos, remaining = src.fileno(), src.data_start + start, end - start
         while remaining:
-            n = os.preadv(fd, [self.view[: min(CHUNK, remaining)]], pos)
+            chunk = os.pread(fd, min(CHUNK, remaining), pos)  # fresh bytes: the hash threads may hold the last
+            n = len(chunk)
             if n <= 0:
                 raise OSError("source file shrank while copying")
-            chunk = self.view[:n]
             if write:
                 self.fh.write(chunk)
                 self.out_hash.update(chunk)
+                self.writeback.wrote(n)
             if source_too and not self.out_of_order:
                 self.src_hash.update(chunk)
             pos += n
