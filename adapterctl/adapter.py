@@ -159,10 +159,11 @@ class Adapter:
         check_convertible(self.manifest.modules, to, lycoris=self.read.lycoris, unmapped=self.read.unmapped)
         return self._derive("convert", {"from": self.layout, "to": to}, layout=to)
 
-    def save(self, path, *, force: bool = False, strip_foreign: bool = False) -> SaveResult:
+    def save(self, path, *, force: bool = False, strip_foreign: bool = False, durable: bool = False) -> SaveResult:
+        """Write atomically. ``durable`` also fsyncs, so the file survives a power loss."""
         from adapterctl.ops.save import save_adapter
 
-        return save_adapter(self, Path(path), force=force, strip_foreign=strip_foreign)
+        return save_adapter(self, Path(path), force=force, strip_foreign=strip_foreign, durable=durable)
 
     def close(self) -> None:
         if self.source is not None:

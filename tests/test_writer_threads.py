@@ -45,7 +45,7 @@ def test_digests_equal_a_serial_hash(tmp_path, small_chunks, order):
     out = [OutTensor.copy(src, n, f"x.{n}") for n in names]
     out.insert(1, OutTensor.from_bytes("alpha", "F16", (), b"\x00\x3c"))  # an in-memory tensor among copies
     threads_before = threading.active_count()
-    result = write_safetensors(tmp_path / "out.safetensors", out, {}, source=src)
+    result = write_safetensors(tmp_path / "out.safetensors", out, {}, source=src, durable=True)
     assert threading.active_count() == threads_before, "a worker thread outlived the write"
     assert result.sha256 == hashlib.sha256(_data(tmp_path / "out.safetensors")).hexdigest()
     assert result.source_sha256 == hashlib.sha256(_data(tmp_path / "src.safetensors")).hexdigest()
@@ -65,7 +65,21 @@ def test_writeback_error_is_raised_not_swallowed(tmp_path, small_chunks, monkeyp
     monkeypatch.setattr(writer.os, "fdatasync", failing_fdatasync)
     out = [OutTensor.copy(src, n) for n in src.tensors]
     with pytest.raises(OSError, match="I/O error"):
-        write_safetensors(tmp_path / "out.safetensors", out, {}, source=src)
+        write_safetensors(tmp_path / "out.safetensors", out, {}, source=src, durable=True)
     assert not (tmp_path / "out.safetensors").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["src.safetensors"], "a temp file was left"
+    src.close()
+
+
+def test_durable_write_fsyncs_file_and_directory(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    src = _source(tmp_path / "src.safetensors")
+    synced.clear()
+    write_safetensors(tmp_path / "plain.safetensors", [OutTensor.copy(src, n) for n in src.tensors], {})
+    assert synced == []  # like cp: atomic for other processes, no fsync
+    write_safetensors(tmp_path / "durable.safetensors", [OutTensor.copy(src, n) for n in src.tensors], {},
+                      durable=True)
+    assert len(synced) == 2 and synced[0].endswith(".adapterctl-tmp") and synced[1] == str(tmp_path)
     src.close()

@@ -10,7 +10,7 @@ from adapterctl.cli.output import Output
 
 def write_command(path: Path, derive: Callable, *, suffix: str, output: Optional[Path], force: bool,
                   strip_metadata: bool, arch: Optional[str], json_out: bool, quiet: bool,
-                  directory: bool = False) -> None:
+                  fsync: bool = False, directory: bool = False) -> None:
     """Open ``path``, apply ``derive(adapter) -> Adapter``, save to -o or '<stem>.<suffix>' beside it."""
     from adapterctl.adapter import Adapter
 
@@ -18,7 +18,7 @@ def write_command(path: Path, derive: Callable, *, suffix: str, output: Optional
     with Adapter.open(path, arch=arch) as adapter:
         derived = derive(adapter)
         target = output or default_output(path, suffix, directory=directory)
-        saved = derived.save(target, force=force, strip_foreign=strip_metadata)
+        saved = derived.save(target, force=force, strip_foreign=strip_metadata, durable=fsync)
     out.result(write_result(saved, derived))
     out.done(done_line(saved, derived))
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from adapterctl.cli._write import write_command
-from adapterctl.cli.options import ArchOpt, ForceOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
+from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -27,10 +27,11 @@ def convert_cmd(
     to: Annotated[str, typer.Option("--to", help="Target layout: kohya, diffusers or peft.", show_default=False)],
     output: OutputOpt = None,
     force: ForceOpt = False,
+    fsync: FsyncOpt = False,
     strip_metadata: StripOpt = False,
     arch: ArchOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     write_command(path, lambda a: a.convert(to), suffix=to, directory=(to == "peft"), output=output, force=force,
-                  strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)
+                  fsync=fsync, strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)

@@ -12,6 +12,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write (default: beside the input).",
                                                    dir_okay=True, resolve_path=False)]
+FsyncOpt = Annotated[bool, typer.Option("--fsync", help="fsync the output before the atomic rename (survives a "
+                                                        "power loss; slower on large files).")]
 StripOpt = Annotated[bool, typer.Option("--strip-metadata",
                                         help="Drop foreign metadata (ss_*, user keys); keep only ModelSpec and ours.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture map to use (default: from the file, else sdxl).")]

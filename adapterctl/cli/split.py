@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl.cli._write import write_command
-from adapterctl.cli.options import ArchOpt, ForceOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
+from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +28,7 @@ def split_cmd(
         "--keep-blocks", help="Keep only these blocks/modules (selectors, comma-separated or repeated).")] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
+    fsync: FsyncOpt = False,
     strip_metadata: StripOpt = False,
     arch: ArchOpt = None,
     json_out: JsonOpt = False,
@@ -36,7 +37,8 @@ def split_cmd(
     keep, drop, blocks = _words(keep), _words(drop), _words(keep_blocks)
     suffix = "-".join(keep) if keep else ("no-" + "-".join(drop) if drop else "blocks")
     write_command(path, lambda a: a.split(keep=keep, drop=drop, keep_blocks=blocks), suffix=suffix,
-                  output=output, force=force, strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)
+                  output=output, force=force, fsync=fsync, strip_metadata=strip_metadata, arch=arch,
+                  json_out=json_out, quiet=quiet)
 
 
 def _words(values: Optional[list[str]]) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl.cli._write import write_command
-from adapterctl.cli.options import ArchOpt, ForceOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
+from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -27,10 +27,12 @@ def tag_cmd(
     clear: Annotated[bool, typer.Option("--clear", help="Drop existing roles before applying the new ones.")] = False,
     output: OutputOpt = None,
     force: ForceOpt = False,
+    fsync: FsyncOpt = False,
     strip_metadata: StripOpt = False,
     arch: ArchOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     write_command(path, lambda a: a.tag(preset=preset, roles=role or [], clear=clear), suffix="tagged",
-                  output=output, force=force, strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)
+                  output=output, force=force, fsync=fsync, strip_metadata=strip_metadata, arch=arch,
+                  json_out=json_out, quiet=quiet)

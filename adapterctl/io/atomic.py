@@ -1,7 +1,9 @@
 """Atomic output files: write to a temporary file in the target directory, then rename.
 
 A process killed mid-write leaves the old file (or nothing) at the target path; the only trace is
-a hidden ``.<name>.*.adapterctl-tmp`` file beside it. Without ``force`` an existing target is never
+a hidden ``.<name>.*.adapterctl-tmp`` file beside it. That needs no fsync: the rename is atomic
+for every other process. Surviving a power loss does, so ``durable=True`` (CLI ``--fsync``) syncs
+the file before the rename and the directory after it; it is off by default, as for ``cp``. Without ``force`` an existing target is never
 replaced, and the input of an operation can never be its output.
 """
 
@@ -37,8 +39,8 @@ def check_output(path: Path, *, force: bool, inputs: tuple[Path, ...] = ()) -> N
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, *, force: bool = False,
-                 inputs: tuple[Path, ...] = ()) -> Iterator[BinaryIO]:
+def atomic_write(path: str | os.PathLike, *, force: bool = False, inputs: tuple[Path, ...] = (),
+                 durable: bool = False) -> Iterator[BinaryIO]:
     path = Path(path)
     check_output(path, force=force, inputs=inputs)
     parent = path.parent if str(path.parent) else Path(".")
@@ -51,7 +53,8 @@ def atomic_write(path: str | os.PathLike, *, force: bool = False,
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o644 & ~_umask())
         if force:
             os.replace(tmp, path)
@@ -66,9 +69,19 @@ def atomic_write(path: str | os.PathLike, *, force: bool = False,
                     raise OutputExists("output exists", path=str(path)) from None
                 os.replace(tmp, path)  # filesystems without hard links
             tmp.unlink(missing_ok=True)
+        if durable:
+            _fsync_dir(parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

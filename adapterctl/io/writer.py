@@ -7,10 +7,9 @@ hash, and the placeholders are patched in place. Producing ``modelspec.hash_sha2
 provenance hash of the input therefore costs no second read.
 
 Both hashes run in worker threads (hashlib releases the GIL on large updates), so on two or
-more cores they overlap each other and the copy loop; and a large output is handed to the disk
-while it is being written (periodic ``fdatasync`` in the background), so the ``fsync`` before
-the atomic rename has little left to wait for. On the 487 MB SDXL bench file (2 cores) that
-takes ``convert`` from 2.5 s to 1.5 s (docs/benchmarks.md); digests and durability are unchanged.
+more cores they overlap each other and the copy loop. With ``durable=True`` a large output is
+also handed to the disk while it is being written (periodic ``fdatasync`` in the background), so
+the ``fsync`` before the atomic rename has little left to wait for (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -77,16 +76,16 @@ class WriteResult:
 
 def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadata: dict[str, str], *,
                       source: SafetensorsFile | None = None, force: bool = False,
-                      inputs: tuple[Path, ...] = ()) -> WriteResult:
+                      inputs: tuple[Path, ...] = (), durable: bool = False) -> WriteResult:
     """Write atomically. With ``source``, its whole data region is hashed in the same pass."""
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names in output")
     header_bytes, patches = _header(tensors, metadata)
-    with atomic_write(path, force=force, inputs=inputs) as fh:
+    with atomic_write(path, force=force, inputs=inputs, durable=durable) as fh:
         fh.write(len(header_bytes).to_bytes(8, "little"))
         fh.write(header_bytes)
-        copier = _Copier(fh, source)
+        copier = _Copier(fh, source, durable=durable)
         try:
             for t in tensors:
                 copier.emit(t)
@@ -148,8 +147,9 @@ class _EarlyWriteback:
     and raised by ``close()`` - it can never be swallowed.
     """
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, *, enabled: bool = True):
         self._fd = fd
+        self._enabled = enabled
         self._unsynced = 0
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -157,6 +157,8 @@ class _EarlyWriteback:
         self._error: OSError | None = None
 
     def wrote(self, n: int) -> None:
+        if not self._enabled:  # without a final fsync, early writeback would only cost time
+            return
         self._unsynced += n
         if self._unsynced >= WRITEBACK_EVERY:
             self._unsynced = 0
@@ -191,12 +193,12 @@ class _EarlyWriteback:
 class _Copier:
     """Copies tensors; keeps a cursor over the hashed source so each source byte is read once."""
 
-    def __init__(self, fh, source):
+    def __init__(self, fh, source, *, durable: bool):
         self.fh, self.source = fh, source
         self.out_hash = _Sha256Worker()
         self.src_hash = _Sha256Worker() if source is not None else None
         self._workers = [self.out_hash] + ([self.src_hash] if self.src_hash else [])
-        self.writeback = _EarlyWriteback(fh.fileno())
+        self.writeback = _EarlyWriteback(fh.fileno(), enabled=durable)
         self.cursor = 0  # source bytes hashed so far
         self.out_of_order = False
         self.data_len = source.size - source.data_start if source is not None else 0

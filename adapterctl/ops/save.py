@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from adapterctl.adapter import Adapter, SaveResult
 
 
-def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: bool) -> "SaveResult":
+def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: bool,
+                 durable: bool = False) -> "SaveResult":
     from adapterctl.adapter import SaveResult
 
     target = adapter.manifest.layout
@@ -44,9 +45,11 @@ def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: 
     metadata = _metadata(adapter, manifest, path, strip_foreign)
     inputs = (adapter.source.path,)
     if target == "peft":
-        result = _save_peft_dir(adapter, path, tensors, metadata, entries, force=force, inputs=inputs)
+        result = _save_peft_dir(adapter, path, tensors, metadata, entries, force=force, inputs=inputs,
+                                durable=durable)
     else:
-        result = write_safetensors(path, tensors, metadata, source=adapter.source, force=force, inputs=inputs)
+        result = write_safetensors(path, tensors, metadata, source=adapter.source, force=force, inputs=inputs,
+                                   durable=durable)
     return SaveResult(path=path, layout=target, tensors=len(tensors), bytes=result.nbytes,
                       sha256=result.sha256, source_sha256=result.source_sha256)
 
@@ -117,7 +120,7 @@ def _metadata(adapter: "Adapter", manifest, path: Path, strip_foreign: bool) -> 
     return meta
 
 
-def _save_peft_dir(adapter, path: Path, tensors, metadata, entries, *, force: bool, inputs):
+def _save_peft_dir(adapter, path: Path, tensors, metadata, entries, *, force: bool, inputs, durable: bool):
     if path.exists():
         if not path.is_dir():
             raise UsageError("peft output must be a directory, and a file is there", path=str(path))
@@ -134,7 +137,7 @@ def _save_peft_dir(adapter, path: Path, tensors, metadata, entries, *, force: bo
         raise InputNotFound("output directory does not exist", path=str(parent))
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=parent))
     try:
-        result = write_safetensors(staging / WEIGHTS_NAME, tensors, metadata, source=adapter.source)
+        result = write_safetensors(staging / WEIGHTS_NAME, tensors, metadata, source=adapter.source, durable=durable)
         config = W.peft_adapter_config(entries, adapter.arch)
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.chmod(staging, 0o755)
