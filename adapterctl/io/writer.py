@@ -85,11 +85,15 @@ def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadat
     with atomic_write(path, force=force, inputs=inputs, durable=durable) as fh:
         fh.write(len(header_bytes).to_bytes(8, "little"))
         fh.write(header_bytes)
-        copier = _Copier(fh, source, durable=durable)
+        # When the output's data region is the source's, byte for byte, one hash serves both.
+        same_data = source is not None and _is_whole_source(tensors, source)
+        copier = _Copier(fh, None if same_data else source, durable=durable)
         try:
             for t in tensors:
                 copier.emit(t)
             out_hex, src_hex = copier.finish()
+            if same_data:
+                src_hex = out_hex
         finally:
             copier.close()  # no worker thread outlives the write, whatever happened
         hexes = {HASH_0X: "0x" + out_hex, HASH_HEX: out_hex, SOURCE_HASH: src_hex or "0" * 64}
@@ -97,6 +101,15 @@ def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadat
             fh.seek(8 + offset)
             fh.write(hexes[marker].encode("ascii"))
     return WriteResult(out_hex, src_hex, 8 + len(header_bytes) + sum(t.nbytes for t in tensors))
+
+
+def _is_whole_source(tensors: list[OutTensor], source: SafetensorsFile) -> bool:
+    cursor = 0
+    for t in tensors:
+        if t.source is not source or t.start != cursor:
+            return False
+        cursor = t.end
+    return cursor == source.size - source.data_start
 
 
 class _Sha256Worker:
