@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from adapterctl.generated import write_or_check
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OUTPUT = DATA_DIR / "sdxl.json"
 
@@ -332,18 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     text = render(generate())
-    if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else None
-        if current != text:
-            print(f"{args.output} is stale; run python -m adapterctl.arch.generate", file=sys.stderr)
-            return 1
-        print(f"{args.output} is up to date")
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output} ({len(json.loads(text)['modules'])} modules)")
-    return 0
-
+    code = write_or_check(args.output, text, check=args.check, regenerate="python -m adapterctl.arch.generate")
+    if code == 0 and not args.check:
+        print(f"wrote {args.output} ({len(json.loads(text)['modules'])} modules)")
+    return code
 
 if __name__ == "__main__":
     raise SystemExit(main())

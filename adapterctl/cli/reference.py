@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from adapterctl.generated import write_or_check
+
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 GENERATOR = "python -m adapterctl.cli.reference"
 
@@ -211,20 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stdout:
         sys.stdout.write(text)
         return 0
-    if args.check:
-        try:
-            current = args.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            current = None
-        if current != text:
-            sys.stderr.write(f"{args.path} is stale: run '{GENERATOR}' and commit the result\n")
-            return 1
-        return 0
-    args.path.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-    return 0
-
+    return write_or_check(args.path, text, check=args.check, regenerate=GENERATOR)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from adapterctl.format.constants import FORMAT_NAME, FORMAT_VERSION
 from adapterctl.format.manifest import Manifest
+from adapterctl.generated import write_or_check
 
 SCHEMA_ID = f"urn:adapterctl:schema:manifest:{FORMAT_VERSION}"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "spec" / "manifest.schema.json"
@@ -77,22 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if the file is not the fresh generation")
     parser.add_argument("--output", type=Path, default=DEFAULT_PATH, help=f"default: {DEFAULT_PATH}")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        try:
-            current = args.output.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            current = None
-        if current != text:
-            print(f"{args.output} is stale; run: python -m adapterctl.format.schema", file=sys.stderr)
-            return 1
-        print(f"{args.output} is up to date")
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
-    return 0
-
+    return write_or_check(args.output, render(), check=args.check, regenerate="python -m adapterctl.format.schema")
 
 if __name__ == "__main__":
     sys.exit(main())
