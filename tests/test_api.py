@@ -157,3 +157,26 @@ def test_tampered_manifest_is_rejected(tmp_path):
         write_safetensors(tmp_path / "bad.safetensors", tensors, meta)
     with pytest.raises(InvalidFile, match="rank 7"):
         adapterctl.open(tmp_path / "bad.safetensors")
+
+
+def test_kohya_dora_scale_stays_kohya(tmp_path):
+    """LyCORIS/kohya dora_scale is not peft's magnitude: kohya output keeps it, others refuse."""
+    arch = load_arch()
+    spec = arch.get("unet.up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    base = arch.kohya_name(spec.name, sgm=False)  # the diffusers-name flavour, so convert must rename
+    rng = np.random.default_rng(2)
+    path = tmp_path / "dora.safetensors"
+    _write(path, {f"{base}.lora_down.weight": rng.normal(size=(2, spec.in_features)),
+                  f"{base}.lora_up.weight": rng.normal(size=(spec.out_features, 2)),
+                  f"{base}.dora_scale": rng.normal(size=(spec.out_features, 1))})
+    with adapterctl.open(path) as a:
+        (e,) = a.modules
+        assert e.dora and e.tensors.magnitude.endswith("dora_scale")
+        for target in ("diffusers", "peft"):
+            with pytest.raises(UnsupportedConversion, match="dora_scale"):
+                a.convert(target)
+        a.convert("kohya").save(tmp_path / "k.safetensors")
+    sgm = arch.kohya_name(spec.name)
+    with SafetensorsFile(tmp_path / "k.safetensors") as k, SafetensorsFile(path) as src:
+        assert {f"{sgm}.lora_down.weight", f"{sgm}.lora_up.weight", f"{sgm}.dora_scale"} <= set(k.tensors)
+        assert k.read(f"{sgm}.dora_scale") == src.read(f"{base}.dora_scale")

@@ -19,6 +19,7 @@ from adapterctl.layouts.scaling import compact_patterns, decode_scalar
 
 _SCALAR_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d", "I64": "<q", "I32": "<i", "BF16": None}
 
+
 def check_convertible(entries: list[ModuleEntry], target: str, *, lycoris: dict, unmapped: list[str]) -> None:
     if lycoris:
         raise UnsupportedConversion(
@@ -36,9 +37,14 @@ def check_convertible(entries: list[ModuleEntry], target: str, *, lycoris: dict,
             raise UnsupportedConversion(f"'{e.module}' carries two roles; a {target} file holds one LoRA per module",
                                         hint="split by role first: adapterctl split FILE --keep content")
         seen.add(e.module)
-        if e.dora and target == "kohya":
+        # The two DoRA forms are different parametrisations: each stays within its own family.
+        kohya_dora = e.dora and (e.tensors.magnitude or "").endswith("dora_scale")
+        if e.dora and not kohya_dora and target == "kohya":
             raise UnsupportedConversion(f"'{e.module}' is DoRA; kohya's dora_scale is a different parametrisation",
                                         hint="convert to diffusers or peft instead, which keep the magnitude vector")
+        if kohya_dora and target != "kohya":
+            raise UnsupportedConversion(f"'{e.module}' has a kohya/LyCORIS dora_scale, which {target} cannot hold "
+                                        "(diffusers drops it for SDXL)", hint="keep this adapter in the kohya layout")
     if target == "peft" and len({e.component for e in entries}) > 1:
         raise UnsupportedConversion("a peft adapter directory holds one model component, this adapter has "
                                     f"{', '.join(sorted({e.component for e in entries}))}",
@@ -50,7 +56,10 @@ def factor_names(arch: ArchMap, entry: ModuleEntry, target: str, *, qualifier: s
     spec = arch.get(entry.module)
     if target == "kohya":
         base = arch.kohya_name(entry.module)  # SGM names for the SDXL UNet, as A1111/ComfyUI expect
-        return {"down": f"{base}.lora_down.weight", "up": f"{base}.lora_up.weight", "alpha": f"{base}.alpha"}
+        names = {"down": f"{base}.lora_down.weight", "up": f"{base}.lora_up.weight", "alpha": f"{base}.alpha"}
+        if entry.dora:  # only a kohya dora_scale gets here (check_convertible)
+            names["magnitude"] = f"{base}.dora_scale"
+        return names
     prefix = f"{spec.component}.{spec.path}" if target == "diffusers" else f"base_model.model.{spec.path}"
     q = f".{qualifier}" if qualifier else ""
     names = {"down": f"{prefix}.lora_A{q}.weight", "up": f"{prefix}.lora_B{q}.weight"}
