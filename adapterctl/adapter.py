@@ -22,7 +22,7 @@ from adapterctl import __version__
 from adapterctl.arch import ArchMap, known_architectures, load_arch
 from adapterctl.errors import InvalidFile, UnknownArchitecture, UsageError
 from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY
-from adapterctl.format.manifest import Manifest, ModuleEntry, Operation, Provenance, RoleRule, Source
+from adapterctl.format.manifest import Manifest, ModuleEntry, Operation, RoleRule
 from adapterctl.format import roles as _roles
 from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.layouts.read import ReadResult, read_layout

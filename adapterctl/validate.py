@@ -87,7 +87,7 @@ def _shape_problems(adapter: "Adapter") -> list[str]:
         spec = adapter.arch.get(e.module)
         down, up = st.tensors[e.tensors.down].shape, st.tensors[e.tensors.up].shape
         if e.role == "expert":
-            want_in, got_in, got_out = spec.in_features, down[-1], (up[-2] if len(up) == 3 else up[0])
+            got_in, got_out = down[-1], (up[-2] if len(up) == 3 else up[0])
             if (got_in, got_out) != (spec.in_features, spec.out_features):
                 problems.append(f"{e.module}: experts are {got_in}->{got_out}, module is "
                                 f"{spec.in_features}->{spec.out_features}")

@@ -677,7 +677,6 @@ def main(argv: list[str] | None = None) -> int:
     checks = check_outputs(file, outs, {c["id"] for c in cmds})
     profile = None if args.no_profile else profile_convert(file, out, env=env)
 
-    cp = summary.get("cp", {}).get("median_s")
     targets = evaluate_targets(summary, args.scale)
     results = {
         "schema": "adapterctl.bench-files/1",

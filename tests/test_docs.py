@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 
 from adapterctl.cli import reference
 
