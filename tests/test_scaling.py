@@ -5,8 +5,7 @@ import math
 import pytest
 from peft.utils.other import get_pattern_key
 
-from adapterctl.layouts.scaling import PeftScaling, _match_pattern, compact_patterns, decode_scalar
-from adapterctl.layouts.write import encode_scalar
+from adapterctl.layouts.scaling import PeftScaling, _match_pattern, compact_patterns, decode_scalar, encode_scalar
 
 PATHS = [
     "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",

@@ -31,6 +31,16 @@ def decode_scalar(dtype: str, raw: bytes) -> float:
     return float(struct.unpack(fmt, raw[: struct.calcsize(fmt)])[0])
 
 
+def encode_scalar(dtype: str, value: float) -> bytes:
+    """The inverse of ``decode_scalar``; bf16 rounds to nearest even, integer dtypes truncate."""
+    if dtype == "BF16":
+        bits = struct.unpack("<I", struct.pack("<f", value))[0]
+        bits += 0x7FFF + ((bits >> 16) & 1)
+        return struct.pack("<H", (bits >> 16) & 0xFFFF)
+    fmt = _SCALAR_FORMATS[dtype]
+    return struct.pack(fmt, value if dtype.startswith("F") else int(value))
+
+
 @dataclass
 class PeftScaling:
     """The scaling-relevant subset of a peft LoraConfig."""

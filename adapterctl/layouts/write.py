@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 
 from adapterctl.arch import ArchMap
 from adapterctl.errors import UnsupportedConversion
 from adapterctl.format.constants import COMPONENTS
 from adapterctl.format.manifest import ModuleEntry
-from adapterctl.layouts.scaling import compact_patterns, decode_scalar
+from adapterctl.layouts.scaling import compact_patterns, decode_scalar, encode_scalar
 
-_SCALAR_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d", "I64": "<q", "I32": "<i", "BF16": None}
+_ALPHA_DTYPES = ("F16", "BF16", "F32", "F64", "I64", "I32")  # kept as-is in kohya output; others become F32
 
 
 def check_convertible(entries: list[ModuleEntry], target: str, *, lycoris: dict, unmapped: list[str]) -> None:
@@ -129,7 +128,7 @@ def peft_adapter_config(entries: list[ModuleEntry], arch: ArchMap) -> dict:
 def kohya_alpha(entry: ModuleEntry) -> tuple[str, bytes]:
     """The alpha tensor for kohya output: the value that gives the same scale, in the dtype it came in."""
     value = entry.alpha if not entry.rslora else entry.scale * entry.rank
-    dtype = entry.alpha_dtype if entry.alpha_dtype in _SCALAR_FORMATS else "F32"
+    dtype = entry.alpha_dtype if entry.alpha_dtype in _ALPHA_DTYPES else "F32"
     if dtype in ("I64", "I32") and value != int(value):
         dtype = "F32"
     encoded = encode_scalar(dtype, value)
@@ -137,11 +136,3 @@ def kohya_alpha(entry: ModuleEntry) -> tuple[str, bytes]:
         dtype, encoded = "F32", encode_scalar("F32", value)  # never round an alpha away
     return dtype, encoded
 
-
-def encode_scalar(dtype: str, value: float) -> bytes:
-    if dtype == "BF16":
-        bits = struct.unpack("<I", struct.pack("<f", value))[0]
-        bits += 0x7FFF + ((bits >> 16) & 1)  # round to nearest even
-        return struct.pack("<H", (bits >> 16) & 0xFFFF)
-    fmt = _SCALAR_FORMATS[dtype]
-    return struct.pack(fmt, int(value) if fmt in ("<q", "<i") else value)

@@ -22,7 +22,9 @@ from adapterctl.format.constants import (DIFFUSERS_METADATA_KEY, DROPPED_STALE_K
 from adapterctl.format.manifest import ModuleEntry, Provenance, Source, TensorKeys
 from adapterctl.io.atomic import TMP_SUFFIX
 from adapterctl.io.writer import HASH_0X, HASH_HEX, SOURCE_HASH, OutTensor, write_safetensors
+from adapterctl.format.roles import TAGGABLE_ROLES
 from adapterctl.layouts import write as W
+from adapterctl.layouts.keys import parse_key
 from adapterctl.layouts.peft_dir import CONFIG_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:
@@ -98,7 +100,9 @@ def _plan(adapter: "Adapter") -> tuple[list[OutTensor], list[ModuleEntry]]:
 
 
 def _qualified(key: str) -> bool:
-    return ".lora_A.content." in key or ".lora_A.style." in key
+    """A role-qualified key (two roles on one module), which a rename can make standard again."""
+    parsed = parse_key(key)
+    return parsed is not None and parsed.qualifier in TAGGABLE_ROLES
 
 
 def _metadata(adapter: "Adapter", manifest, path: Path, strip_foreign: bool) -> dict[str, str]:
