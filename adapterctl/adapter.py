@@ -12,7 +12,7 @@ nothing is read or written until ``save``.
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,9 +24,10 @@ from adapterctl.errors import InvalidFile, UnknownArchitecture, UsageError
 from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY
 from adapterctl.format.manifest import Manifest, ModuleEntry, Operation, RoleRule
 from adapterctl.format import roles as _roles
+from adapterctl.io import safe_json
 from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.layouts.read import ReadResult, read_layout
-from adapterctl.textsafe import escape
+from adapterctl.textsafe import clip
 
 # modelspec.architecture / ss_base_model_version values we know, mapped to architecture maps.
 _ARCH_HINTS = {"stable-diffusion-xl-v1-base": "sdxl", "sdxl_base_v1-0": "sdxl", "sdxl": "sdxl"}
@@ -73,9 +74,22 @@ class Adapter:
             raise
 
     @classmethod
+    def open_fd(cls, fd: int, path, *, arch: Optional[str] = None) -> "Adapter":
+        """Read an open safetensors file (``path`` is for messages): a writer checking its output."""
+        st = SafetensorsFile(path, fd=fd)
+        try:
+            return cls._from_file(Path(path), st, arch, None)
+        except BaseException:
+            st.close()
+            raise
+
+    @classmethod
     def _from_file(cls, path: Path, st: SafetensorsFile, arch_name, peft_config) -> "Adapter":
         stored = _stored_manifest(st)
         arch = load_arch(arch_name or (stored.architecture if stored else _guess_arch(st)))
+        if stored is not None and stored.architecture != arch.name:
+            raise InvalidFile(f"manifest architecture '{clip(stored.architecture, 60)}' is not '{arch.name}'",
+                              path=str(path))
         result = read_layout(st, arch, peft_config=peft_config)
         if not result.entries and not result.lycoris:
             raise UnknownArchitecture(f"none of the {len(result.unmapped)} LoRA tensors match the {arch.name} map",
@@ -181,8 +195,8 @@ def _stored_manifest(st: SafetensorsFile) -> Optional[Manifest]:
     if raw is None:
         return None
     try:
-        head = json.loads(raw)
-    except ValueError as exc:
+        head = safe_json.loads(raw)
+    except safe_json.JsonRejected as exc:
         raise InvalidFile(f"{MANIFEST_KEY} is not valid JSON ({exc})", path=str(st.path)) from None
     if not isinstance(head, dict) or head.get("format") != FORMAT_NAME:
         raise InvalidFile(f"{MANIFEST_KEY} is not an {FORMAT_NAME} document", path=str(st.path))
@@ -196,7 +210,8 @@ def _stored_manifest(st: SafetensorsFile) -> Optional[Manifest]:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
-        raise InvalidFile(f"invalid manifest at '{where}': {err.get('msg')}", path=str(st.path)) from None
+        raise InvalidFile(f"invalid manifest at '{clip(where, 120)}': {clip(str(err.get('msg')), 200)}",
+                          path=str(st.path)) from None
 
 
 def _guess_arch(st: SafetensorsFile) -> str:
@@ -206,7 +221,7 @@ def _guess_arch(st: SafetensorsFile) -> str:
             base = value.split("/")[0]
             if base in _ARCH_HINTS:
                 return _ARCH_HINTS[base]
-            raise UnknownArchitecture(f"{key} says '{base[:60]}', which has no architecture map",
+            raise UnknownArchitecture(f"{key} says '{clip(base, 60)}', which has no architecture map",
                                       path=str(st.path), hint=f"known: {', '.join(known_architectures())}")
     return "sdxl"
 
@@ -221,32 +236,67 @@ def _guess_method(result: ReadResult, preset: Optional[str]) -> str:
     return "locon" if any(e.kind == "conv" for e in result.entries) else "lora"
 
 
+# Fields of a branch that the tensors (and the layout's scale metadata) determine on their own.
+_DETERMINED = ("module", "component", "block", "kind", "rank", "dtype", "experts", "dora", "tensors")
+
+
 def _reconcile(stored: Manifest, result: ReadResult, st: SafetensorsFile, arch: ArchMap) -> Manifest:
-    """A stored manifest is trusted only after it agrees with the tensors it describes."""
-    read_by_down = {e.tensors.down: e for e in result.entries}
-    for entry in stored.modules:
-        for key in (k for k in entry.tensors.model_dump().values() if k):
-            if key not in st.tensors:
-                raise InvalidFile(f"manifest names tensor '{key[:100]}' that the file does not hold",
-                                  path=str(st.path))
-        found = read_by_down.get(entry.tensors.down)
-        if found is None or found.module != entry.module or found.tensors.up != entry.tensors.up:
-            raise InvalidFile(f"manifest entry '{entry.module}' does not match the tensors' own names",
-                              path=str(st.path))
-        spec = arch.get(entry.module)
-        if (entry.block, entry.component) != (spec.block, spec.component):
-            raise InvalidFile(f"manifest puts '{entry.module}' in block '{escape(str(entry.block))[:80]}', "
-                              f"the {arch.name} map says '{spec.block}'", path=str(st.path))
-        if found.rank != entry.rank or found.kind != entry.kind:
-            raise InvalidFile(f"manifest says rank {entry.rank} for '{entry.module}', tensors have {found.rank}",
-                              path=str(st.path))
-    described = {e.tensors.down for e in stored.modules}
-    missing = [k for k in read_by_down if k not in described]
-    if missing:
-        raise InvalidFile(f"{len(missing)} LoRA branches are not in the manifest (first: '{missing[0][:100]}')",
-                          path=str(st.path))
+    """A stored manifest is trusted only if it agrees with the tensors, which are what loaders read.
+
+    Every field the tensors determine must be equal; the scale must be what a loader applies; a
+    role spelled in the keys (peft's adapter slot, experts) must be the manifest's role; and each
+    tensor belongs to exactly one branch. Anything else is two truths about one file: rejected.
+    """
     if stored.layout != result.layout:
         raise InvalidFile(f"manifest says layout '{stored.layout}' but the keys are '{result.layout}'",
                           path=str(st.path))
+    read_by_down = {e.tensors.down: e for e in result.entries}
+    owner: dict[str, str] = {}
+    for entry in stored.modules:
+        for key in (k for k in entry.tensors.model_dump().values() if k):
+            if key not in st.tensors:
+                raise InvalidFile(f"manifest names tensor '{clip(key, 100)}' that the file does not hold",
+                                  path=str(st.path))
+            if key in owner:
+                raise InvalidFile(f"manifest gives tensor '{clip(key, 100)}' to two branches", path=str(st.path))
+            owner[key] = entry.module
+        found = read_by_down.get(entry.tensors.down)
+        if found is None:
+            raise InvalidFile(f"manifest entry '{clip(entry.module, 100)}' does not match the tensors' own names",
+                              path=str(st.path))
+        problems = _disagreements(entry, found)
+        if problems:
+            raise InvalidFile(f"manifest disagrees with the tensors on '{clip(found.module, 100)}': "
+                              + "; ".join(problems[:3]), path=str(st.path),
+                              hint="the tensors are what loaders apply; rebuild the manifest with 'adapterctl tag'")
+    described = {e.tensors.down for e in stored.modules}
+    missing = [k for k in read_by_down if k not in described]
+    if missing:
+        raise InvalidFile(f"{len(missing)} LoRA branches are not in the manifest (first: '{clip(missing[0], 100)}')",
+                          path=str(st.path))
     return stored
 
+
+def _disagreements(entry: ModuleEntry, found: ModuleEntry) -> list[str]:
+    problems = [f"{name} {_show(getattr(entry, name))} in the manifest, {_show(getattr(found, name))} in the file"
+                for name in _DETERMINED if getattr(entry, name) != getattr(found, name)]
+    if not _same(entry.scale, found.scale):
+        problems.append(f"scale {entry.scale!r} in the manifest, loaders apply {found.scale!r}")
+    if entry.rslora == found.rslora and not _same(entry.alpha, found.alpha):
+        problems.append(f"alpha {entry.alpha!r} in the manifest, {found.alpha!r} in the file")
+    if found.alpha_dtype is not None and entry.alpha_dtype != found.alpha_dtype:
+        problems.append(f"alpha dtype {_show(entry.alpha_dtype)} in the manifest, {found.alpha_dtype} in the file")
+    # Roles spelled by the keys themselves (peft adapter slot, expert tensors) must match.
+    if (found.role is not None or entry.role == "expert") and entry.role != found.role:
+        problems.append(f"role {_show(entry.role)} in the manifest, {_show(found.role)} in the keys")
+    return problems
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+
+
+def _show(value) -> str:
+    if hasattr(value, "model_dump"):
+        value = {k: v for k, v in value.model_dump().items() if v}
+    return clip(repr(value), 160)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
-from adapterctl.textsafe import escape
+from adapterctl.textsafe import clip, display_path
 
 if TYPE_CHECKING:
     from adapterctl.adapter import Adapter
@@ -31,8 +31,8 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
         slot = roles.setdefault(key, {"modules": 0, "source": None, "blocks": []})
         slot["modules"] += 1
         slot["source"] = e.role_source if slot["source"] in (None, e.role_source) else "mixed"
-        if e.block and escape(e.block) not in slot["blocks"]:
-            slot["blocks"].append(escape(e.block))
+        if e.block and clip(e.block) not in slot["blocks"]:
+            slot["blocks"].append(clip(e.block))
     blocks: dict[str, dict] = {}
     for e in entries:
         b = blocks.setdefault(e.block or "?", {"block": e.block, "modules": 0, "roles": [], "kinds": Counter(),
@@ -45,25 +45,25 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
             b["roles"].append(role)
     order = {blk: i for i, blk in enumerate(adapter.arch.blocks())}
     block_list = [
-        {"block": escape(v["block"]) if v["block"] else None, "modules": v["modules"], "roles": v["roles"],
+        {"block": clip(v["block"]) if v["block"] else None, "modules": v["modules"], "roles": v["roles"],
          "kinds": dict(v["kinds"]), "rank": sorted(v["ranks"]), "lbw": v["lbw"]}
         for v in sorted(blocks.values(), key=lambda v: order.get(v["block"], 1 << 30))
     ]
     return {
         "schema": SCHEMA,
-        "path": escape(str(adapter.path)),
+        "path": display_path(adapter.path),
         "size": st.size,
         "header_bytes": st.header_len,
         "manifest": "stored" if adapter.manifest_stored else "inferred",
         "format_version": m.version if adapter.manifest_stored else None,
-        "architecture": m.architecture,
+        "architecture": adapter.arch.name,
         "layout": m.layout,
-        "method": escape(m.method),
-        "preset": escape(m.preset) if m.preset else None,
+        "method": clip(m.method, 200),
+        "preset": clip(m.preset, 200) if m.preset else None,
         "modules": len(entries),
         "tensors": len(st.tensors),
         "parameters": sum(t.numel for t in tensors if t.name not in alpha_names),
-        "dtypes": dict(Counter(escape(e.dtype) for e in entries)),
+        "dtypes": dict(Counter(clip(e.dtype) for e in entries)),
         "components": dict(Counter(e.component for e in entries)),
         "kinds": dict(Counter(e.kind for e in entries)),
         "roles": roles,
@@ -76,12 +76,12 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
         "expert_modules": sum(e.role == "expert" for e in entries),
         "lycoris": adapter.read.lycoris,
         "unmapped": {"count": len(adapter.read.unmapped),
-                     "first": [escape(k) for k in adapter.read.unmapped[:_UNMAPPED_LISTED]]},
+                     "first": [clip(k, 300) for k in adapter.read.unmapped[:_UNMAPPED_LISTED]]},
         "doubled_prefix": adapter.read.doubled_prefix,
-        "warnings": [escape(w) for w in dict.fromkeys(adapter.read.warnings)],
+        "warnings": [clip(w, 500) for w in dict.fromkeys(adapter.read.warnings)],
         "metadata": _metadata(adapter.foreign_metadata()),
         "provenance": {"sources": len(m.provenance.sources),
-                       "operations": [escape(op.op) for op in m.provenance.operations]},
+                       "operations": [clip(op.op, 100) for op in m.provenance.operations[:100]]},
     }
 
 
@@ -101,6 +101,7 @@ def _metadata(meta: dict[str, str], limit: int = 2000) -> dict[str, dict[str, st
     groups: dict[str, dict[str, str]] = defaultdict(dict)
     for key, value in sorted(meta.items()):
         group = "modelspec" if key.startswith("modelspec.") else "kohya" if key.startswith(("ss_", "sshs_")) else "other"
-        text = escape(value)
-        groups[group][escape(key)] = text if len(text) <= limit else text[:limit] + f"… ({len(value)} chars)"
+        # Clipped before escaping: the cost stays bounded however long the value is.
+        suffix = f" ({len(value)} chars)" if len(value) > limit else ""
+        groups[group][clip(key, 200)] = clip(value, limit) + suffix
     return dict(groups)

@@ -9,6 +9,7 @@ The effective rank is Roy & Vetterli's exp(entropy) of the normalised singular v
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -55,9 +56,18 @@ def effective_rank(sv: np.ndarray) -> float:
 
 
 def module_stats(adapter: "Adapter", entry: "ModuleEntry") -> ModuleStats:
+    """Statistics of one branch; NaN (never an exception or a warning) when its factors are not
+    finite. Cost: the reader bounds the rank by min(in, out), so the r x r products stay smaller
+    than the factors themselves."""
     b, a = factors(adapter, entry)
-    sv = singular_values(b, a)
-    norm = float(np.sqrt(max(np.trace((b.T @ b) @ (a @ a.T)), 0.0)))
+    with np.errstate(all="ignore"):
+        if not (np.isfinite(b).all() and np.isfinite(a).all()):
+            return ModuleStats(entry.module, entry.block, entry.role, math.nan, math.nan, ())
+        try:
+            sv = singular_values(b, a)
+        except np.linalg.LinAlgError:  # SVD did not converge (overflowing values)
+            return ModuleStats(entry.module, entry.block, entry.role, math.nan, math.nan, ())
+        norm = float(np.sqrt(max(np.trace((b.T @ b) @ (a @ a.T)), 0.0)))
     return ModuleStats(entry.module, entry.block, entry.role, norm, effective_rank(sv), tuple(float(x) for x in sv))
 
 
@@ -74,11 +84,14 @@ def block_stats(adapter: "Adapter") -> list[dict]:
     for block in sorted(per, key=lambda b: order.get(b, 1 << 30)):
         items = per[block]
         ranks = [s.effective_rank for s in items]
-        out.append({
-            "block": block,
-            "modules": len(items),
-            "norm": float(np.sqrt(sum(s.norm ** 2 for s in items))),
-            "max_module_norm": max(s.norm for s in items),
-            "effective_rank": {"mean": float(np.mean(ranks)), "min": min(ranks), "max": max(ranks)},
-        })
+        norms = [s.norm for s in items]
+        with np.errstate(all="ignore"):
+            out.append({
+                "block": block,
+                "modules": len(items),
+                "norm": float(np.sqrt(np.sum(np.square(norms)))),
+                "max_module_norm": float(np.max(norms)),  # NaN when any module is not finite
+                "effective_rank": {"mean": float(np.mean(ranks)), "min": float(np.min(ranks)),
+                                   "max": float(np.max(ranks))},
+            })
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from adapterctl.errors import AdapterError
-from adapterctl.textsafe import escape
+from adapterctl.textsafe import clip, display_path
 
 if TYPE_CHECKING:
     from adapterctl.adapter import Adapter
@@ -39,7 +39,7 @@ class FileReport:
             self.checks.append(Check(name, "pass", ok))
             return
         shown = "; ".join(problems[:_EXAMPLES]) + (f"; and {len(problems) - _EXAMPLES} more" if len(problems) > _EXAMPLES else "")
-        self.checks.append(Check(name, severity, escape(shown)))
+        self.checks.append(Check(name, severity, clip(shown, 2000)))
 
     def status(self, *, strict: bool) -> Status:
         states = {c.status for c in self.checks}
@@ -48,7 +48,7 @@ class FileReport:
         return "warn" if "warn" in states else "pass"
 
     def to_dict(self, *, strict: bool) -> dict:
-        return {"path": escape(self.path), "status": self.status(strict=strict),
+        return {"path": display_path(self.path), "status": self.status(strict=strict),
                 "checks": [c.__dict__ for c in self.checks]}
 
 
@@ -59,13 +59,24 @@ def validate_path(path: str | Path, *, weights: bool = True, arch: str | None = 
     try:
         adapter = Adapter.open(path, arch=arch)
     except AdapterError as exc:
-        report.checks.append(Check("structure", "fail", escape(f"{exc.message} [{exc.code}]")))
+        report.checks.append(Check("structure", "fail", clip(f"{exc.message} [{exc.code}]", 600)))
+        return report
+    except Exception as exc:  # noqa: BLE001 - a bug, but the other files of a batch still get their verdict
+        report.checks.append(_internal(exc))
         return report
     try:
         validate_adapter(adapter, report, weights=weights)
+    except AdapterError as exc:
+        report.checks.append(Check("structure", "fail", clip(f"{exc.message} [{exc.code}]", 600)))
+    except Exception as exc:  # noqa: BLE001
+        report.checks.append(_internal(exc))
     finally:
         adapter.close()
     return report
+
+
+def _internal(exc: Exception) -> Check:
+    return Check("internal", "fail", clip(f"internal error ({type(exc).__name__}: {exc}); please report it", 300))
 
 
 def validate_adapter(adapter: "Adapter", report: FileReport, *, weights: bool) -> None:
@@ -115,6 +126,8 @@ def _rank_alpha_problems(adapter: "Adapter") -> list[str]:
         if not (math.isfinite(e.alpha) and math.isfinite(e.scale)):
             problems.append(f"{e.module}: alpha {e.alpha} / scale {e.scale} is not finite")
             continue
+        # Since the reader rejects any manifest that disagrees with the tensors, this check sees the
+        # scale loaders will apply, whether or not the file carries a manifest.
         rule = e.alpha / math.sqrt(e.rank) if e.rslora else e.alpha / e.rank
         if not math.isclose(rule, e.scale, rel_tol=1e-6, abs_tol=1e-12):
             problems.append(f"{e.module}: scale {e.scale:g} but alpha {e.alpha:g} / rank {e.rank} gives {rule:g}")
@@ -125,7 +138,7 @@ def _rank_alpha_problems(adapter: "Adapter") -> list[str]:
 
 
 def _mapping_problems(adapter: "Adapter") -> list[str]:
-    problems = [f"unmapped tensor '{k}'" for k in adapter.read.unmapped]
+    problems = [f"unmapped tensor '{clip(k, 200)}'" for k in adapter.read.unmapped]
     problems += [f"LyCORIS {algo}: {n} tensors (reported, not convertible)" for algo, n in adapter.read.lycoris.items()]
     return problems + list(dict.fromkeys(adapter.read.warnings))
 
@@ -161,17 +174,12 @@ def _role_problems(adapter: "Adapter") -> list[str]:
 
 
 def _nonfinite(adapter: "Adapter") -> list[str]:
-    import numpy as np
-
-    from adapterctl.io.arrays import FLOAT_DTYPES, read_array
+    from adapterctl.io.arrays import count_nonfinite
 
     st, problems = adapter.source, []
     for e in adapter.manifest.modules:
         for key in (k for k in e.tensors.model_dump().values() if k):
-            if st.tensors[key].dtype not in FLOAT_DTYPES:
-                continue
-            arr = read_array(st, key)
-            bad = arr.size - int(np.isfinite(arr).sum())
+            bad = count_nonfinite(st, key)
             if bad:
-                problems.append(f"{key}: {bad} NaN/Inf values")
+                problems.append(f"{clip(key, 200)}: {bad} NaN/Inf values")
     return problems

@@ -1,5 +1,6 @@
 """Atomic writes: a writer killed mid-write (SIGKILL, no cleanup possible) or failing mid-write
-(an exception, cleanup expected) never leaves a partial file at the target path.
+(an exception, cleanup expected) never leaves a partial file at the target path. On Linux the
+file is written unnamed (O_TMPFILE), so even SIGKILL leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -65,9 +66,27 @@ def _temp_bytes(directory: Path, names: list[str]) -> int:
     return total
 
 
+def _open_outputs(pid: int, out_dir: Path) -> dict[str, int]:
+    """Files the process holds open in out_dir, named or not, with their sizes. An O_TMPFILE
+    output has no name: /proc shows it as '<dir>/#<inode> (deleted)'."""
+    found = {}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith(str(out_dir) + os.sep):
+                found[target] = os.stat(f"/proc/{pid}/fd/{fd}").st_size
+        except OSError:
+            continue
+    return found
+
+
 def _kill_when_temp_appears(argv: list[str], out_dir: Path, *, min_bytes: int = 0,
                             timeout: float = 60) -> tuple[int, list[str]]:
-    """Start the CLI, SIGKILL it once its temp file exists in out_dir (holding at least min_bytes);
+    """Start the CLI, SIGKILL it once it writes a temp file in out_dir (holding at least min_bytes);
     return (returncode, temps seen)."""
     proc = subprocess.Popen([sys.executable, "-m", "adapterctl.cli.main", *argv], env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -75,8 +94,10 @@ def _kill_when_temp_appears(argv: list[str], out_dir: Path, *, min_bytes: int = 
     seen: list[str] = []
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            seen = _temp_entries(out_dir)
-            if seen and (not min_bytes or _temp_bytes(out_dir, seen) >= min_bytes):
+            held = _open_outputs(proc.pid, out_dir)
+            seen = _temp_entries(out_dir) + list(held)
+            size = max([_temp_bytes(out_dir, _temp_entries(out_dir))] + list(held.values()))
+            if seen and (not min_bytes or size >= min_bytes):
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.0005)
@@ -110,6 +131,8 @@ def test_sigkill_mid_write_leaves_no_target(big, tmp_path, min_bytes):
         assert seen
         assert not target.exists()
         left = _assert_only_hidden_temps(tmp_path, set())
+        if sys.platform == "linux":
+            assert left == [], f"an O_TMPFILE write must leave nothing at all, found {left}"
         # What is left is a partial write, not a finished file that merely missed its rename.
         if left:
             assert (tmp_path / left[0]).stat().st_size < big.stat().st_size

@@ -209,7 +209,7 @@ def _canonical_arch_name(name: str) -> str:
         if key in (a.lower() for a in data.get("aliases", ())) or key == data["modelspec_architecture"].lower():
             return candidate
     raise UnknownArchitecture(
-        f"unknown architecture {name!r}",
+        f"unknown architecture {_clip_repr(name)}",
         hint=f"known architectures: {', '.join(known) or '(none installed)'}",
     )
 
@@ -217,7 +217,7 @@ def _canonical_arch_name(name: str) -> str:
 @functools.lru_cache(maxsize=None)
 def _read_arch_json(name: str) -> dict:
     if not _NAME_RE.match(name):
-        raise UnknownArchitecture(f"unknown architecture {name!r}")
+        raise UnknownArchitecture(f"unknown architecture {_clip_repr(name)}")
     return json.loads((DATA_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
@@ -285,3 +285,9 @@ def lbw_presets(arch: str = "sdxl") -> dict[str, list[float]]:
         values = weights.split(",") if isinstance(weights, str) else weights
         out[name] = [float(v) for v in values]
     return out
+
+
+def _clip_repr(name) -> str:
+    from adapterctl.textsafe import clip
+
+    return clip(repr(name), 80)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from adapterctl.cli.output import Output
+from adapterctl.textsafe import display_path
 
 
 def write_command(path: Path, derive: Callable, *, suffix: str, output: Optional[Path], force: bool,
@@ -31,12 +32,12 @@ def default_output(src: Path, suffix: str, *, directory: bool = False) -> Path:
 
 
 def write_result(saved, adapter) -> dict:
-    return {"ok": True, "output": str(saved.path), "layout": saved.layout, "tensors": saved.tensors,
+    return {"ok": True, "output": display_path(saved.path), "layout": saved.layout, "tensors": saved.tensors,
             "bytes": saved.bytes, "sha256": saved.sha256, "source_sha256": saved.source_sha256,
             "modules": len(adapter.manifest.modules), "roles": adapter.roles()}
 
 
 def done_line(saved, adapter) -> str:
     roles = ", ".join(f"{k} {v}" for k, v in sorted(adapter.roles().items()))
-    return (f"Wrote {saved.path} ({saved.layout}, {len(adapter.manifest.modules)} modules: {roles}; "
+    return (f"Wrote {display_path(saved.path)} ({saved.layout}, {len(adapter.manifest.modules)} modules: {roles}; "
             f"{saved.bytes / 1e6:.1f} MB)")

@@ -35,10 +35,10 @@ def inspect_cmd(
         report = inspect_report(adapter)
         if weights:
             from adapterctl.stats import block_stats
-            from adapterctl.textsafe import escape
+            from adapterctl.textsafe import clip
 
             # Block names can come from a stored manifest: escape them like the report does.
-            report["weights"] = [{**w, "block": escape(w["block"])} for w in block_stats(adapter)]
+            report["weights"] = [{**w, "block": clip(w["block"])} for w in block_stats(adapter)]
     if markdown and not json_out:
         if not quiet:
             print(render_markdown(report), end="")
@@ -74,7 +74,7 @@ def render_text(console, r: dict) -> None:
                ",".join(map(str, b["rank"])), ",".join(f"{k} {v}" for k, v in b["kinds"].items())]
         if weights:
             w = weights.get(b["block"])
-            row += [f"{w['norm']:.4g}", f"{w['effective_rank']['mean']:.1f}"] if w else ["-", "-"]
+            row += [_num(w["norm"], ".4g"), _num(w["effective_rank"]["mean"], ".1f")] if w else ["-", "-"]
         table.add_row(*row)
     console.print(table)
     for label, key in (("LyCORIS", "lycoris"),):
@@ -89,6 +89,10 @@ def render_text(console, r: dict) -> None:
         for k, v in list(items.items())[:12]:
             short = v if len(v) <= 100 else v[:99] + "…"
             console.print(f"  {plain(k)} = {plain(short)}")
+
+
+def _num(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
 def _range(s: dict) -> str:

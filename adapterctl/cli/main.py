@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 
 import typer
 
@@ -51,25 +52,62 @@ def _wants_json(argv: list[str]) -> bool:
 
 
 def _fail(message: str, code: int, *, error_code: str, argv: list[str], hint: str | None = None) -> int:
-    from adapterctl.textsafe import escape
+    from adapterctl.textsafe import clip
 
-    line = escape(message).replace("\n", " ")
-    if hint:
-        line += f" (hint: {escape(hint)})"
+    # Clipped and escaped (newlines included), so that the error is always exactly one line.
+    message, hint = clip(message, 2000), clip(hint, 500) if hint else hint
+    line = message + (f" (hint: {hint})" if hint else "")
     sys.stderr.write(f"error: {line}\n")
     if _wants_json(argv):
         # Escaped here too: a consumer that prints the decoded message must not get raw controls.
-        sys.stdout.write(json.dumps({"ok": False, "error": {"code": error_code, "message": escape(message),
-                                                            "hint": escape(hint) if hint else hint}}) + "\n")
+        sys.stdout.write(json.dumps({"ok": False, "error": {"code": error_code, "message": message,
+                                                            "hint": hint}}) + "\n")
     return code
 
 
-def run(argv: list[str] | None = None) -> int:
-    from adapterctl.errors import AdapterError
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP, raised in the main thread so that every ``finally`` and
+    ``except BaseException`` on the way up removes its temporary file or directory. A
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it."""
 
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, _frame):
+    import signal
+
+    for sig in _SIGNALS:  # a second signal must not interrupt the cleanup of the first
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+_SIGNALS: tuple = ()
+
+
+def install_signal_handlers() -> None:
+    global _SIGNALS
+    import signal
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for sig in _SIGNALS:
+        signal.signal(sig, _on_signal)
+
+
+def run(argv: list[str] | None = None) -> int:
     click = _click_exceptions()
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        # A warning printed by a library (numpy, pydantic) would be a second stderr line.
+        warnings.simplefilter("ignore")
+        return _run(argv, click)
+
+
+def _run(argv: list[str], click) -> int:
+    from adapterctl.errors import AdapterError
+
     try:
         # With standalone_mode=False, click catches a command's typer.Exit(code) itself and
         # *returns* the code instead of raising it; a command that finishes returns None.
@@ -85,10 +123,16 @@ def run(argv: list[str] | None = None) -> int:
     except click.UsageError as exc:
         return _fail(exc.format_message(), 2, error_code="usage_error", argv=argv,
                      hint=f"adapterctl {exc.ctx.command_path.split(' ', 1)[-1] if exc.ctx else ''} --help".replace("  ", " "))
+    except Interrupted as exc:
+        import signal
+
+        name = signal.Signals(exc.signum).name
+        return _fail(f"interrupted by {name}; nothing was written", 128 + exc.signum, error_code="interrupted",
+                     argv=argv)
     except typer.Abort:
-        return _fail("aborted", 130, error_code="aborted", argv=argv)
+        return _fail("interrupted by SIGINT; nothing was written", 130, error_code="interrupted", argv=argv)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130, error_code="interrupted", argv=argv)
+        return _fail("interrupted by SIGINT; nothing was written", 130, error_code="interrupted", argv=argv)
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         return _fail(f"{where}{exc.strerror or exc}", 1, error_code="os_error", argv=argv)
@@ -107,6 +151,7 @@ def _click_exceptions():
 
 
 def main() -> None:
+    install_signal_handlers()
     sys.exit(run())
 
 

@@ -7,6 +7,7 @@ Results go to stdout, everything else (progress, notes, errors) to stderr, so th
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Callable
 
@@ -23,7 +24,9 @@ class Output:
         if self._out is None:
             from rich.console import Console
 
-            self._out = Console(highlight=False, soft_wrap=True)
+            # emoji=False: ':smile:' in a file's metadata stays text. Markup stays on for our own
+            # styling; every file-derived string goes through plain() first.
+            self._out = Console(highlight=False, soft_wrap=True, emoji=False)
         return self._out
 
     @property
@@ -31,29 +34,53 @@ class Output:
         if self._err is None:
             from rich.console import Console
 
-            self._err = Console(stderr=True, highlight=False, soft_wrap=True)
+            self._err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
         return self._err
 
     def result(self, data: dict[str, Any], render: Callable[[Any, dict], None] | None = None) -> None:
         """Emit the command's result: JSON document, or a human rendering, or nothing."""
         if self.json_mode:
-            sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            sys.stdout.write(to_json(data) + "\n")
         elif not self.quiet:
             if render is not None:
                 render(self.out, data)
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(message, markup=False)
+            self.err.print(_escape(message), markup=False)
 
     def done(self, message: str) -> None:
         """The human one-liner for a write: 'Wrote x (…)'. JSON mode prints the result object instead."""
         if not self.quiet and not self.json_mode:
-            self.out.print(message, markup=False)
+            self.out.print(_escape(message), markup=False)
+
+
+def _escape(text: str) -> str:
+    from adapterctl.textsafe import escape
+
+    return escape(text)
+
+
+def to_json(data: Any) -> str:
+    """Strict JSON for --json: ASCII only (no raw U+2028 or bidi character can reach a terminal
+    that prints it), and non-finite floats as the strings "NaN", "Infinity", "-Infinity"."""
+    return json.dumps(_finite(data), indent=2, ensure_ascii=True, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def plain(text: str) -> str:
-    """Escape rich markup in untrusted strings."""
-    from rich.markup import escape
+    """Escape control characters and rich markup in an untrusted string, for a rich console."""
+    from rich.markup import escape as markup_escape
 
-    return escape(text)
+    from adapterctl.textsafe import escape
+
+    return markup_escape(escape(text))

@@ -94,7 +94,8 @@ class Manifest(_Strict):
 
     format: Literal["adapterctl.lora"] = FORMAT_NAME
     version: Literal[1] = FORMAT_VERSION
-    architecture: str = Field(description="Key of an architecture map, e.g. 'sdxl'.")
+    architecture: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+                              description="Key of an architecture map, e.g. 'sdxl', exactly as the map names itself.")
     layout: Layout
     method: str = Field(description="What made it: lora, locon, b-lora, unziplora, ziplora, merged, styleinject...")
     preset: Optional[str] = Field(None, description="Role preset applied, e.g. 'b-lora'.")

@@ -8,7 +8,6 @@ Tensor bytes are only read when asked for, with ``os.pread`` on one descriptor, 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import stat
@@ -16,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapterctl.errors import InputNotFound, InvalidFile, UnsafeFile
+from adapterctl.io import safe_json
+from adapterctl.textsafe import clip as _clip
 
-# safetensors' own reader refuses headers above 100 MB; we use the same cap so that whatever
-# we accept, every other loader accepts too.
-HEADER_CAP = 100 * 1024 * 1024
+# safetensors' own reader (0.8) refuses headers above 100,000,000 bytes (decimal, not MiB); we
+# use the same cap so that whatever we accept, every other loader accepts too.
+HEADER_CAP = 100_000_000
 
 DTYPE_SIZES: dict[str, int] = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -80,19 +81,30 @@ def check_input_path(path: Path) -> os.stat_result:
 class SafetensorsFile:
     """An open, validated safetensors file. Use as a context manager or call ``close()``."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, fd: int | None = None):
+        """Open ``path``; or, with ``fd``, read that open file (a duplicate of the descriptor is
+        kept) and use ``path`` only in messages: how a writer reads back its unnamed output."""
         self.path = Path(path)
-        st = check_input_path(self.path)
-        if self.path.suffix.lower() in PICKLE_SUFFIXES:
-            raise UnsafeFile(f"'{self.path.suffix}' files are pickles; adapterctl never unpickles",
-                             path=str(self.path),
-                             hint="convert it to .safetensors in an environment you trust")
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except PermissionError:
-            raise InputNotFound("permission denied", path=str(self.path)) from None
-        except OSError as exc:
-            raise InputNotFound(f"cannot open: {exc.strerror}", path=str(self.path)) from None
+        if fd is not None:
+            self._fd = os.dup(fd)
+            st = os.fstat(self._fd)
+        else:
+            st = check_input_path(self.path)
+            if self.path.suffix.lower() in PICKLE_SUFFIXES:
+                raise UnsafeFile(f"'{_clip(self.path.suffix, 20)}' files are pickles; adapterctl never unpickles",
+                                 path=str(self.path),
+                                 hint="convert it to .safetensors in an environment you trust")
+            try:
+                # O_NONBLOCK: a FIFO swapped in after the stat above must not block the open.
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            except PermissionError:
+                raise InputNotFound("permission denied", path=str(self.path)) from None
+            except OSError as exc:
+                raise InputNotFound(f"cannot open: {exc.strerror}", path=str(self.path)) from None
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(self._fd)
+                raise InputNotFound("not a regular file", path=str(self.path))
         try:
             self.size = st.st_size
             self._mtime_ns = st.st_mtime_ns
@@ -120,13 +132,17 @@ class SafetensorsFile:
         if 8 + header_len > self.size:
             raise self._fail(f"header length {header_len} is larger than the file ({self.size} bytes)")
         raw = os.pread(self._fd, header_len, 8)
+        if len(raw) != header_len:
+            raise self._fail("file shrank while reading its header")
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, json.JSONDecodeError, _DuplicateKey) as exc:
-            raise self._fail(f"header is not valid JSON: {_one_line(exc)}") from None
+            header = safe_json.loads(raw)
+        except safe_json.JsonRejected as exc:
+            raise self._fail(f"header is not valid JSON: {exc}") from None
         if not isinstance(header, dict):
             raise self._fail("header is not a JSON object")
-        metadata = header.pop("__metadata__", None) or {}
+        metadata = header.pop("__metadata__", None)
+        if metadata is None:  # serde's Option: safetensors reads null as "no metadata"
+            metadata = {}
         if not isinstance(metadata, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise self._fail("__metadata__ must map strings to strings")
@@ -198,27 +214,3 @@ class SafetensorsFile:
             self.close()
         except Exception:
             pass
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _one_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-
-
-def _clip(text: str, limit: int = 120) -> str:
-    from adapterctl.textsafe import escape
-
-    text = escape(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -2,7 +2,7 @@
 
 Tensors come either as byte ranges of an open source file (copied in bounded chunks, never
 loaded whole) or as in-memory bytes. The header is written first with fixed-width placeholders
-for hashes; one sequential pass over the source then feeds both the output hash and the source
+for hashes (random tokens, see HashSlots); one sequential pass over the source then feeds both the output hash and the source
 hash, and the placeholders are patched in place. Producing ``modelspec.hash_sha256`` and the
 provenance hash of the input therefore costs no second read.
 
@@ -23,19 +23,34 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from adapterctl.errors import UnsupportedConversion
 from adapterctl.io.atomic import atomic_write
-from adapterctl.io.safetensors_file import DTYPE_SIZES, SafetensorsFile
+from adapterctl.io.safetensors_file import DTYPE_SIZES, HEADER_CAP, SafetensorsFile
 
 CHUNK = 1024 * 1024  # per read; a tensor of an SDXL LoRA is at most ~1.5 MB
 HASH_QUEUE = 8  # chunks in flight per hash thread: at most HASH_QUEUE * CHUNK bytes held
 WRITEBACK_EVERY = 64 * 1024 * 1024  # start disk writeback after this many new output bytes
 
-# Metadata values may contain these markers; they are replaced after the data is written.
-HASH_0X = "@@sha256-0x@@"  # "0x" + sha256 of the output data region (ModelSpec)
-HASH_HEX = "@@sha256-hex@@"  # bare hex of the same (kohya's sshs_model_hash)
-SOURCE_HASH = "@@source-sha256@@"  # sha256 of the source file's data region
-_MARKERS = {HASH_0X: 66, HASH_HEX: 64, SOURCE_HASH: 64}
+
+
+@dataclass(frozen=True)
+class HashSlots:
+    """Placeholders for hashes known only after the data is written, patched in place.
+
+    Each is a fresh random hex string as wide as the value that replaces it, so the header keeps
+    its length, and no file content can contain one by accident or design (a fixed marker text
+    in a user's metadata value used to be replaced with a hash).
+    """
+
+    out_0x: str  # "0x" + sha256 of the output data region (ModelSpec)
+    out_hex: str  # bare hex of the same (kohya's sshs_model_hash)
+    source: str  # sha256 of the source file's data region (provenance)
+
+    @classmethod
+    def new(cls) -> "HashSlots":
+        return cls("0x" + secrets.token_hex(32), secrets.token_hex(32), secrets.token_hex(32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +91,22 @@ class WriteResult:
 
 def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadata: dict[str, str], *,
                       source: SafetensorsFile | None = None, force: bool = False,
-                      inputs: tuple[Path, ...] = (), durable: bool = False) -> WriteResult:
-    """Write atomically. With ``source``, its whole data region is hashed in the same pass."""
+                      inputs: tuple[Path, ...] = (), durable: bool = False, slots: HashSlots | None = None,
+                      verify: Callable[[int], None] | None = None) -> WriteResult:
+    """Write atomically. With ``source``, its whole data region is hashed in the same pass.
+
+    Occurrences of ``slots``' placeholders in metadata values become the hashes. ``verify(fd)``
+    reads the finished file back before it gets its name (see io/atomic.py).
+    """
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names in output")
-    header_bytes, patches = _header(tensors, metadata)
-    with atomic_write(path, force=force, inputs=inputs, durable=durable) as fh:
+    header_bytes, patches = _header(tensors, metadata, slots)
+    if len(header_bytes) > HEADER_CAP:
+        raise UnsupportedConversion(f"the output header would be {len(header_bytes):,} bytes, over the "
+                                    f"{HEADER_CAP:,}-byte cap of safetensors readers",
+                                    hint="--strip-metadata drops the foreign metadata")
+    with atomic_write(path, force=force, inputs=inputs, durable=durable, verify=verify) as fh:
         fh.write(len(header_bytes).to_bytes(8, "little"))
         fh.write(header_bytes)
         # When the output's data region is the source's, byte for byte, one hash serves both.
@@ -96,10 +120,12 @@ def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadat
                 src_hex = out_hex
         finally:
             copier.close()  # no worker thread outlives the write, whatever happened
-        hexes = {HASH_0X: "0x" + out_hex, HASH_HEX: out_hex, SOURCE_HASH: src_hex or "0" * 64}
-        for offset, marker in patches:
-            fh.seek(8 + offset)
-            fh.write(hexes[marker].encode("ascii"))
+        if patches:
+            hexes = {slots.out_0x: "0x" + out_hex, slots.out_hex: out_hex, slots.source: src_hex or "0" * 64}
+            for offset, token in patches:
+                fh.seek(8 + offset)
+                fh.write(hexes[token].encode("ascii"))
+            fh.seek(0, os.SEEK_END)
     return WriteResult(out_hex, src_hex, 8 + len(header_bytes) + sum(t.nbytes for t in tensors))
 
 
@@ -273,16 +299,9 @@ class _Copier:
             remaining -= n
 
 
-def _header(tensors: list[OutTensor], metadata: dict[str, str]) -> tuple[bytes, list[tuple[int, str]]]:
-    tokens: dict[str, str] = {}
-    meta = {}
-    for key, value in metadata.items():
-        for marker, width in _MARKERS.items():
-            if marker in value:
-                token = tokens.setdefault(marker, secrets.token_hex(width // 2 + 1)[:width])
-                value = value.replace(marker, token)
-        meta[key] = value
-    header: dict = {"__metadata__": meta} if meta else {}
+def _header(tensors: list[OutTensor], metadata: dict[str, str],
+            slots: HashSlots | None) -> tuple[bytes, list[tuple[int, str]]]:
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for t in tensors:
         header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
@@ -290,9 +309,9 @@ def _header(tensors: list[OutTensor], metadata: dict[str, str]) -> tuple[bytes, 
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8-byte alignment
     patches = []
-    for marker, token in tokens.items():
+    for token in (slots.out_0x, slots.out_hex, slots.source) if slots else ():
         needle, at = token.encode("ascii"), 0
         while (at := raw.find(needle, at)) >= 0:
-            patches.append((at, marker))
+            patches.append((at, token))
             at += len(needle)
     return raw, patches

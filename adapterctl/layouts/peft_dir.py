@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from adapterctl.errors import InputNotFound, LayoutError, UnsafeFile
+from adapterctl.io import safe_json
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -24,17 +24,24 @@ def read_peft_dir(directory: Path) -> tuple[Path, dict]:
                              path=str(directory), hint="re-save it with safe_serialization=True")
         raise InputNotFound(f"peft directory has no {WEIGHTS_NAME}", path=str(directory))
     try:
-        if config_path.stat().st_size > _MAX_CONFIG_BYTES:
-            raise LayoutError(f"{CONFIG_NAME} is larger than {_MAX_CONFIG_BYTES} bytes", path=str(config_path))
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LayoutError(f"{CONFIG_NAME} is not valid JSON ({str(exc)[:120]})", path=str(config_path)) from None
+        with open(config_path, "rb") as fh:  # read at most the cap, whatever the file's size
+            raw = fh.read(_MAX_CONFIG_BYTES + 1)
     except PermissionError:
         raise InputNotFound("permission denied", path=str(config_path)) from None
+    except OSError as exc:
+        raise InputNotFound(f"cannot read: {exc.strerror}", path=str(config_path)) from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise LayoutError(f"{CONFIG_NAME} is larger than {_MAX_CONFIG_BYTES} bytes", path=str(config_path))
+    try:
+        config = safe_json.loads(raw)
+    except safe_json.JsonRejected as exc:
+        raise LayoutError(f"{CONFIG_NAME} is not valid JSON ({exc})", path=str(config_path)) from None
     if not isinstance(config, dict):
         raise LayoutError(f"{CONFIG_NAME} is not a JSON object", path=str(config_path))
-    peft_type = str(config.get("peft_type", "LORA")).upper()
+    peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA":
-        raise LayoutError(f"peft_type {peft_type} is not LoRA; adapterctl reads LoRA adapters",
+        from adapterctl.textsafe import clip
+
+        raise LayoutError(f"peft_type {clip(repr(peft_type), 40)} is not LORA; adapterctl reads LoRA adapters",
                           path=str(config_path))
     return weights, config

@@ -6,7 +6,7 @@ plus what could not be mapped. Only header data and one-element alpha tensors ar
 
 from __future__ import annotations
 
-import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
@@ -15,10 +15,11 @@ from adapterctl.arch import ArchMap
 from adapterctl.errors import LayoutError
 from adapterctl.format.constants import DIFFUSERS_METADATA_KEY
 from adapterctl.format.manifest import ModuleEntry, TensorKeys
+from adapterctl.io import safe_json
 from adapterctl.io.safetensors_file import SafetensorsFile, TensorInfo
 from adapterctl.layouts import keys as K
 from adapterctl.layouts.scaling import PeftScaling, decode_scalar, split_diffusers_metadata
-from adapterctl.textsafe import escape
+from adapterctl.textsafe import clip
 
 _FACTOR_FAMILIES = ("kohya", "diffusers", "diffusers-old", "diffusers-legacy-attn", "peft")
 
@@ -44,7 +45,8 @@ def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dic
     factor_families = Counter(p.family for p in parsed if p.family in _FACTOR_FAMILIES)
     if not factor_families and not lycoris:
         raise LayoutError("no LoRA tensors found (unknown key layout)", path=str(st.path),
-                          hint=f"first key: {escape(next(iter(st.tensors), '<none>'))[:80]}")
+                          hint=f"first key: {clip(next(iter(st.tensors), '<none>'), 80)}")
+    _refuse_mixed_layouts(st, factor_families)
     layout = factor_families.most_common(1)[0][0] if factor_families else "lycoris"
     if peft_config is not None:
         layout = "peft"
@@ -55,7 +57,10 @@ def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dic
     for p in parsed:
         if p.family == "lycoris":
             continue
-        groups.setdefault((p.component, p.path, p.qualifier), {})[p.part] = p
+        slot = groups.setdefault((p.component, p.path, p.qualifier), {})
+        if p.part in slot:  # e.g. unet.X and unet.unet.X, or lora_A and lora.down, for one module
+            raise _ambiguous(st, slot[p.part].key, p.key)
+        slot[p.part] = p
 
     scaler = _Scaler(st, layout, peft_config)
     result.scaling_source = scaler.source
@@ -71,7 +76,40 @@ def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dic
             result.unmapped.extend(p.key for p in parts.values())
         else:
             result.entries.append(entry)
+    _refuse_duplicate_branches(st, result.entries)
     return result
+
+
+# Key families that loaders treat as one layout; a file mixing two of them is read differently by
+# each loader (diffusers picks one converter for the whole file, ComfyUI maps both).
+_LAYOUT_GROUPS = {"kohya": "kohya", "peft": "peft", "diffusers": "diffusers", "diffusers-old": "diffusers",
+                  "diffusers-legacy-attn": "diffusers"}
+
+
+def _refuse_mixed_layouts(st: SafetensorsFile, families: Counter) -> None:
+    groups = sorted({_LAYOUT_GROUPS[f] for f in families})
+    if len(groups) > 1:
+        counts = ", ".join(f"{g} ({sum(n for f, n in families.items() if _LAYOUT_GROUPS[f] == g)} keys)"
+                           for g in groups)
+        raise LayoutError(f"the file mixes key layouts: {counts}; loaders disagree on which to read",
+                          path=str(st.path), hint="rebuild the file from one layout")
+
+
+def _refuse_duplicate_branches(st: SafetensorsFile, entries: list[ModuleEntry]) -> None:
+    """Two spellings of one module's branch (kohya and diffusers names, say) are an ambiguity."""
+    by_module: dict[str, list[ModuleEntry]] = {}
+    for entry in entries:
+        by_module.setdefault(entry.module, []).append(entry)
+    for module, found in by_module.items():
+        roles = [e.role for e in found]
+        if len(found) > 1 and (None in roles or len(set(roles)) != len(roles)):
+            raise _ambiguous(st, found[0].tensors.down, found[1].tensors.down)
+
+
+def _ambiguous(st: SafetensorsFile, first: str, second: str) -> LayoutError:
+    return LayoutError(f"keys '{clip(first, 100)}' and '{clip(second, 100)}' name the same LoRA branch; "
+                       "refusing to guess which one loaders apply", path=str(st.path),
+                       hint="remove one of the two spellings")
 
 
 def _entry(st, arch, component, path, qualifier, parts, scaler, layout) -> Optional[ModuleEntry]:
@@ -81,10 +119,10 @@ def _entry(st, arch, component, path, qualifier, parts, scaler, layout) -> Optio
     if down_key is None and up_key is None:
         if set(parts) <= {K.ALPHA, K.DORA_SCALE}:
             return None  # an alpha whose factors are LyCORIS tensors, reported elsewhere
-        raise LayoutError(f"'{escape(path)}' has {sorted(parts)} but no LoRA factors", path=str(st.path))
+        raise LayoutError(f"'{clip(path)}' has {sorted(parts)} but no LoRA factors", path=str(st.path))
     if down_key is None or up_key is None:
         have, missing = ("up", "down") if down_key is None else ("down", "up")
-        raise LayoutError(f"'{escape((down_key or up_key).key)}': {have} factor without its {missing} partner",
+        raise LayoutError(f"'{clip((down_key or up_key).key)}': {have} factor without its {missing} partner",
                           path=str(st.path))
     down, up = st.tensors[down_key.key], st.tensors[up_key.key]
     rank = _check_pair(st, down, up, expert)
@@ -96,7 +134,7 @@ def _entry(st, arch, component, path, qualifier, parts, scaler, layout) -> Optio
     r_declared, alpha, scale, rslora, alpha_dtype = scaler.scale(spec.component, spec.path, rank,
                                                                  parts.get(K.ALPHA))
     if r_declared != rank:
-        raise LayoutError(f"'{escape(canonical)}': config declares rank {r_declared} but tensors have rank {rank}",
+        raise LayoutError(f"'{clip(canonical)}': config declares rank {r_declared} but tensors have rank {rank}",
                           path=str(st.path))
     role = qualifier if qualifier in ("content", "style") else None
     return ModuleEntry(
@@ -120,25 +158,32 @@ def _check_pair(st, down: TensorInfo, up: TensorInfo, expert: bool) -> int:
     if expert:
         # A: [n, r, in]; B: [out, r] shared, or [n, out, r] per expert.
         if len(down.shape) != 3 or len(up.shape) not in (2, 3):
-            raise LayoutError(f"'{escape(down.name)}': expert factors must be [n, r, in] and [out, r] or [n, out, r]",
+            raise LayoutError(f"'{clip(down.name)}': expert factors must be [n, r, in] and [out, r] or [n, out, r]",
                               path=str(st.path))
         rank = down.shape[1]
         up_rank = up.shape[-1]
         if len(up.shape) == 3 and up.shape[0] != down.shape[0]:
-            raise LayoutError(f"'{escape(up.name)}': {up.shape[0]} up experts for {down.shape[0]} down experts",
+            raise LayoutError(f"'{clip(up.name)}': {up.shape[0]} up experts for {down.shape[0]} down experts",
                               path=str(st.path))
     else:
         if len(down.shape) not in (2, 4) or len(up.shape) != len(down.shape):
-            raise LayoutError(f"'{escape(down.name)}': LoRA factors must both be 2-D (linear) or 4-D (conv), "
+            raise LayoutError(f"'{clip(down.name)}': LoRA factors must both be 2-D (linear) or 4-D (conv), "
                               f"got {list(down.shape)} and {list(up.shape)}", path=str(st.path))
         rank, up_rank = down.shape[0], up.shape[1]
         if len(up.shape) == 4 and tuple(up.shape[2:]) != (1, 1):
-            raise LayoutError(f"'{escape(up.name)}': conv up factor must have a 1x1 kernel", path=str(st.path))
+            raise LayoutError(f"'{clip(up.name)}': conv up factor must have a 1x1 kernel", path=str(st.path))
     if rank != up_rank:
-        raise LayoutError(f"'{escape(down.name)}': LoRA rank mismatch, down has rank {rank} but up has rank {up_rank}",
+        raise LayoutError(f"'{clip(down.name)}': LoRA rank mismatch, down has rank {rank} but up has rank {up_rank}",
                           path=str(st.path))
     if rank == 0:
-        raise LayoutError(f"'{escape(down.name)}': rank 0 LoRA factor", path=str(st.path))
+        raise LayoutError(f"'{clip(down.name)}': rank 0 LoRA factor", path=str(st.path))
+    # A rank above min(in, out) adds nothing a smaller one could not hold; it is also how a tiny
+    # file could make a factored computation ask for gigabytes (an r x r product).
+    fan_in = math.prod(down.shape[2:]) if expert else math.prod(down.shape[1:])
+    fan_out = up.shape[-2] if expert else up.shape[0]
+    if rank > min(fan_in, fan_out):
+        raise LayoutError(f"'{clip(down.name)}': rank {rank} exceeds min(in, out) = {min(fan_in, fan_out)}",
+                          path=str(st.path))
     return rank
 
 
@@ -169,19 +214,27 @@ class _Scaler:
         self.per_component: dict[str, PeftScaling] = {}
         self.single: Optional[PeftScaling] = None
         if peft_config is not None:
-            self.single = PeftScaling.from_config(peft_config, where="adapter_config.json")
+            try:
+                self.single = PeftScaling.from_config(peft_config, where="adapter_config.json")
+            except LayoutError as exc:
+                exc.path = str(st.path.parent)
+                raise
             self.source = "peft-config"
         elif layout == "kohya":
             self.source = "kohya-alpha"
         elif DIFFUSERS_METADATA_KEY in st.metadata:
             try:
-                raw = json.loads(st.metadata[DIFFUSERS_METADATA_KEY])
-                if not isinstance(raw, dict):
-                    raise ValueError("not an object")
-            except ValueError as exc:
+                raw = safe_json.loads(st.metadata[DIFFUSERS_METADATA_KEY])
+            except safe_json.JsonRejected as exc:
                 raise LayoutError(f"{DIFFUSERS_METADATA_KEY} is not valid JSON ({exc})", path=str(st.path)) from None
-            self.per_component = {c: PeftScaling.from_config(cfg, where=DIFFUSERS_METADATA_KEY)
-                                  for c, cfg in split_diffusers_metadata(raw).items()}
+            if not isinstance(raw, dict):
+                raise LayoutError(f"{DIFFUSERS_METADATA_KEY} is not a JSON object", path=str(st.path))
+            try:
+                self.per_component = {c: PeftScaling.from_config(cfg, where=f"{DIFFUSERS_METADATA_KEY} {clip(c, 40)}")
+                                      for c, cfg in split_diffusers_metadata(raw).items()}
+            except LayoutError as exc:
+                exc.path = str(st.path)
+                raise
             self.source = DIFFUSERS_METADATA_KEY
         else:
             self.source = "network-alpha" if any(k.endswith(".alpha") for k in st.tensors) else "default"
@@ -201,8 +254,11 @@ class _Scaler:
         if alpha_key is not None:
             info = self.st.tensors[alpha_key.key]
             if info.numel != 1:
-                raise LayoutError(f"'{escape(info.name)}': alpha must hold one value, has shape {list(info.shape)}",
+                raise LayoutError(f"'{clip(info.name)}': alpha must hold one value, has shape {list(info.shape)}",
                                   path=str(self.st.path))
-            alpha = decode_scalar(info.dtype, self.st.read(info.name))
+            try:
+                alpha = decode_scalar(info.dtype, self.st.read(info.name))
+            except LayoutError as exc:
+                raise LayoutError(f"'{clip(info.name)}': {exc.message}", path=str(self.st.path)) from None
             return rank, alpha, alpha / rank, False, info.dtype
         return rank, float(rank), 1.0, False, None

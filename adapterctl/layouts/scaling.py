@@ -9,13 +9,12 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import re
 import struct
 from dataclasses import dataclass, field
 
 from adapterctl.errors import LayoutError
+from adapterctl.layouts.patterns import PatternTable
 
 _SCALAR_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d", "I64": "<q", "I32": "<i", "I16": "<h",
                    "I8": "<b", "U8": "<B"}
@@ -43,57 +42,87 @@ def encode_scalar(dtype: str, value: float) -> bytes:
 
 @dataclass
 class PeftScaling:
-    """The scaling-relevant subset of a peft LoraConfig."""
+    """The scaling-relevant subset of a peft LoraConfig, checked field by field.
+
+    Every value comes from an untrusted file, so types are checked rather than coerced: ``bool("false")``
+    is True, ``int(8.7)`` is 8 and ``float("nan")`` is a number, and each would silently change
+    the scale that a loader applies.
+    """
 
     r: int = 8
     lora_alpha: float = 8.0
-    rank_pattern: dict[str, int] = field(default_factory=dict)
-    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    rank_pattern: PatternTable = field(default_factory=lambda: PatternTable({}, where=""))
+    alpha_pattern: PatternTable = field(default_factory=lambda: PatternTable({}, where=""))
     use_rslora: bool = False
     use_dora: bool = False
 
+    def __post_init__(self):
+        # Plain dicts are accepted for convenience (API and tests); they get the same table.
+        for name in ("rank_pattern", "alpha_pattern"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, PatternTable(value, where=name))
+
     @classmethod
     def from_config(cls, config: dict, *, where: str) -> "PeftScaling":
-        try:
-            return cls(
-                r=int(config.get("r", 8)),
-                lora_alpha=float(config.get("lora_alpha", 8)),
-                rank_pattern={str(k): int(v) for k, v in (config.get("rank_pattern") or {}).items()},
-                alpha_pattern={str(k): float(v) for k, v in (config.get("alpha_pattern") or {}).items()},
-                use_rslora=bool(config.get("use_rslora", False)),
-                use_dora=bool(config.get("use_dora", False)),
-            )
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise LayoutError(f"{where}: invalid LoRA config ({exc})") from None
+        if not isinstance(config, dict):
+            raise LayoutError(f"{where}: LoRA config is not a JSON object")
+        ranks = _mapping(config.get("rank_pattern"), f"{where}: rank_pattern")
+        alphas = _mapping(config.get("alpha_pattern"), f"{where}: alpha_pattern")
+        return cls(
+            r=_rank(config.get("r", 8), f"{where}: r"),
+            lora_alpha=_alpha(config.get("lora_alpha", 8), f"{where}: lora_alpha"),
+            rank_pattern=PatternTable({k: _rank(v, f"{where}: rank_pattern value") for k, v in ranks.items()},
+                                      where=f"{where}: rank_pattern"),
+            alpha_pattern=PatternTable({k: _alpha(v, f"{where}: alpha_pattern value") for k, v in alphas.items()},
+                                       where=f"{where}: alpha_pattern"),
+            use_rslora=_flag(config.get("use_rslora"), f"{where}: use_rslora"),
+            use_dora=_flag(config.get("use_dora"), f"{where}: use_dora"),
+        )
 
     def rank_alpha(self, module_path: str) -> tuple[int, float]:
-        r = self.rank_pattern.get(_match_pattern(self.rank_pattern, module_path), self.r)
-        alpha = self.alpha_pattern.get(_match_pattern(self.alpha_pattern, module_path), self.lora_alpha)
-        return int(r), float(alpha)
+        return self.rank_pattern.lookup(module_path, self.r), self.alpha_pattern.lookup(module_path, self.lora_alpha)
 
     def scale(self, module_path: str) -> tuple[int, float, float]:
         r, alpha = self.rank_alpha(module_path)
         return r, alpha, (alpha / math.sqrt(r) if self.use_rslora else alpha / r)
 
 
-def _match_pattern(patterns: dict, module_path: str) -> str | None:
-    # Same rule as peft: the first pattern that matches a dotted suffix of the module path wins.
-    for pattern in patterns:
-        if _pattern_regex(pattern).match(module_path):
-            return pattern
-    return None
+MAX_RANK = 1 << 20  # far above any real LoRA; the module's own min(in, out) is checked per branch
 
 
-@functools.lru_cache(maxsize=8192)
-def _pattern_regex(pattern: str) -> "re.Pattern[str]":
-    # Compiled once per pattern. Files we write carry one exact-path pattern per exceptional module
-    # (hundreds), more than re's own 512-entry cache holds, so relying on it recompiled every
-    # pattern for every module: O(modules x patterns) compiles, ~30 s for a tiny SDXL LoRA.
-    # 8192 covers both pattern dicts of the largest map we ship.
-    try:
-        return re.compile(rf"(.*\.)?({pattern})$")
-    except re.error as exc:
-        raise LayoutError(f"rank/alpha pattern '{pattern[:80]}' is not a valid regular expression ({exc})") from None
+def _rank(value, where: str) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_RANK:
+        raise LayoutError(f"{where} must be an integer from 1 to {MAX_RANK}, got {_show(value)}")
+    return value
+
+
+def _alpha(value, where: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or abs(value) > 1e30:
+        raise LayoutError(f"{where} must be a finite number, got {_show(value)}")
+    return float(value)
+
+
+def _flag(value, where: str) -> bool:
+    if value is None:
+        return False
+    if type(value) is not bool:
+        raise LayoutError(f"{where} must be true or false, got {_show(value)}")
+    return value
+
+
+def _mapping(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise LayoutError(f"{where} must be an object, got {_show(value)}")
+    return value
+
+
+def _show(value) -> str:
+    from adapterctl.textsafe import clip
+
+    return clip(repr(value), 40)
 
 
 def split_diffusers_metadata(raw: dict) -> dict[str, dict]:

@@ -132,7 +132,10 @@ def kohya_alpha(entry: ModuleEntry) -> tuple[str, bytes]:
     if dtype in ("I64", "I32") and value != int(value):
         dtype = "F32"
     encoded = encode_scalar(dtype, value)
-    if dtype in ("F16", "BF16") and decode_scalar(dtype, encoded) != value:
-        dtype, encoded = "F32", encode_scalar("F32", value)  # never round an alpha away
+    if decode_scalar(dtype, encoded) != value:  # never round an alpha away: widen until exact
+        dtype = "F32" if dtype in ("F16", "BF16", "I64", "I32") else "F64"
+        encoded = encode_scalar(dtype, value)
+        if decode_scalar(dtype, encoded) != value:
+            dtype, encoded = "F64", encode_scalar("F64", value)
     return dtype, encoded
 

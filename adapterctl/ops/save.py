@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import shutil
-import tempfile
+import math
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adapterctl.errors import InputNotFound, OutputExists, UsageError
+from adapterctl.errors import AdapterError, InvalidFile
 from adapterctl.format.constants import (DIFFUSERS_METADATA_KEY, DROPPED_STALE_KEYS, FORMAT_KEY, FORMAT_NAME,
                                          FORMAT_VERSION, MANIFEST_KEY, MODELSPEC_VERSION)
 from adapterctl.format.manifest import ModuleEntry, Provenance, Source, TensorKeys
-from adapterctl.io.atomic import TMP_SUFFIX
-from adapterctl.io.writer import HASH_0X, HASH_HEX, SOURCE_HASH, OutTensor, write_safetensors
+from adapterctl.io.atomic import atomic_directory
+from adapterctl.io.writer import HashSlots, OutTensor, write_safetensors
 from adapterctl.format.roles import TAGGABLE_ROLES
 from adapterctl.layouts import write as W
 from adapterctl.layouts.keys import parse_key
@@ -35,25 +33,66 @@ def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: 
                  durable: bool = False) -> "SaveResult":
     from adapterctl.adapter import SaveResult
 
+    _refuse_nonfinite(adapter)
     target = adapter.manifest.layout
     tensors, entries = _plan(adapter)
+    slots = HashSlots.new()
     manifest = adapter.manifest.model_copy(update={
         "modules": entries,
         "provenance": Provenance(
             sources=list(adapter.manifest.provenance.sources) + [
-                Source(sha256=SOURCE_HASH, name=adapter.path.name[:200], layout=adapter.read.layout)],
+                Source(sha256=slots.source, name=adapter.path.name[:200], layout=adapter.read.layout)],
             operations=list(adapter.manifest.provenance.operations) + list(adapter.pending)),
     })
-    metadata = _metadata(adapter, manifest, path, strip_foreign)
-    inputs = (adapter.source.path,)
+    metadata = _metadata(adapter, manifest, path, strip_foreign, slots)
+    inputs = tuple(dict.fromkeys((adapter.source.path, adapter.path)))
     if target == "peft":
-        result = _save_peft_dir(adapter, path, tensors, metadata, entries, force=force, inputs=inputs,
-                                durable=durable)
+        with atomic_directory(path, force=force, inputs=inputs, allowed=frozenset({CONFIG_NAME, WEIGHTS_NAME}),
+                              verify=_reads_back_dir) as staging:
+            result = write_safetensors(staging / WEIGHTS_NAME, tensors, metadata, source=adapter.source,
+                                       durable=durable, slots=slots)
+            config = W.peft_adapter_config(entries, adapter.arch)
+            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     else:
         result = write_safetensors(path, tensors, metadata, source=adapter.source, force=force, inputs=inputs,
-                                   durable=durable)
+                                   durable=durable, slots=slots, verify=_reads_back(path, adapter.arch.name))
     return SaveResult(path=path, layout=target, tensors=len(tensors), bytes=result.nbytes,
                       sha256=result.sha256, source_sha256=result.source_sha256)
+
+
+def _refuse_nonfinite(adapter: "Adapter") -> None:
+    # JSON has no NaN: the manifest would store null, and every loader would apply NaN or inf.
+    for e in adapter.manifest.modules:
+        if not (math.isfinite(e.alpha) and math.isfinite(e.scale)):
+            raise InvalidFile(f"'{e.module}' has alpha {e.alpha} (scale {e.scale}), which is not finite; refusing to "
+                              "write an adapter that no loader can apply", path=str(adapter.path))
+
+
+def _reads_back(path: Path, arch: str):
+    """Before the output gets its name: adapterctl must read it back, header, layout and manifest."""
+    def verify(fd: int) -> None:
+        _read_back(lambda: _open_fd(fd, path, arch))
+    return verify
+
+
+def _reads_back_dir(staging: Path) -> None:
+    from adapterctl.adapter import Adapter
+
+    _read_back(lambda: Adapter.open(staging))
+
+
+def _open_fd(fd: int, path: Path, arch: str):
+    from adapterctl.adapter import Adapter
+
+    return Adapter.open_fd(fd, path, arch=arch)
+
+
+def _read_back(opener) -> None:
+    try:
+        opener().close()
+    except AdapterError as exc:
+        raise InvalidFile(f"refusing to write an output that does not read back: {exc.message}",
+                          path=exc.path) from None
 
 
 def _plan(adapter: "Adapter") -> tuple[list[OutTensor], list[ModuleEntry]]:
@@ -73,6 +112,7 @@ def _plan(adapter: "Adapter") -> tuple[list[OutTensor], list[ModuleEntry]]:
         else:
             names = {k: v for k, v in old.model_dump().items() if v}
         base = st.tensors[old.down].start
+        alpha_dtype = entry.alpha_dtype
         keys: dict[str, str | None] = {}
         for part in ("down", "up", "magnitude", "router_weight", "router_bias"):
             src = getattr(old, part)
@@ -91,10 +131,11 @@ def _plan(adapter: "Adapter") -> tuple[list[OutTensor], list[ModuleEntry]]:
                 dtype, raw = W.kohya_alpha(entry)
                 keys["alpha"] = names["alpha"]
                 ordered.append((base + 0.5, OutTensor.from_bytes(names["alpha"], dtype, (), raw)))
+                alpha_dtype = dtype  # the manifest must describe the tensor it now has
         elif old.alpha is not None and not renaming:
             keys["alpha"] = old.alpha  # network alphas of an old diffusers file stay where they were
             ordered.append((st.tensors[old.alpha].start, OutTensor.copy(st, old.alpha)))
-        entries.append(entry.model_copy(update={"tensors": TensorKeys(**keys)}))
+        entries.append(entry.model_copy(update={"tensors": TensorKeys(**keys), "alpha_dtype": alpha_dtype}))
     ordered.sort(key=lambda item: item[0])
     return [t for _, t in ordered], entries
 
@@ -105,54 +146,20 @@ def _qualified(key: str) -> bool:
     return parsed is not None and parsed.qualifier in TAGGABLE_ROLES
 
 
-def _metadata(adapter: "Adapter", manifest, path: Path, strip_foreign: bool) -> dict[str, str]:
+def _metadata(adapter: "Adapter", manifest, path: Path, strip_foreign: bool, slots: HashSlots) -> dict[str, str]:
     meta = {} if strip_foreign else adapter.foreign_metadata()
     for key in DROPPED_STALE_KEYS:
         meta.pop(key, None)
     if "sshs_model_hash" in meta:
-        meta["sshs_model_hash"] = HASH_HEX
+        meta["sshs_model_hash"] = slots.out_hex
     today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
     meta.setdefault("modelspec.sai_model_spec", MODELSPEC_VERSION)
     meta["modelspec.architecture"] = f"{adapter.arch.modelspec_architecture}"
     meta.setdefault("modelspec.title", path.stem if path.suffix else path.name)
     meta.setdefault("modelspec.date", today)
-    meta["modelspec.hash_sha256"] = HASH_0X
+    meta["modelspec.hash_sha256"] = slots.out_0x
     if manifest.layout == "diffusers":
         meta[DIFFUSERS_METADATA_KEY] = W.diffusers_metadata(list(manifest.modules), adapter.arch)
     meta[FORMAT_KEY] = f"{FORMAT_NAME}/{FORMAT_VERSION}"
     meta[MANIFEST_KEY] = manifest.to_json()
     return meta
-
-
-def _save_peft_dir(adapter, path: Path, tensors, metadata, entries, *, force: bool, inputs, durable: bool):
-    if path.exists():
-        if not path.is_dir():
-            raise UsageError("peft output must be a directory, and a file is there", path=str(path))
-        if not force:
-            raise OutputExists("output directory exists", path=str(path), hint="pass --force to replace it")
-        if not (path / CONFIG_NAME).exists():
-            raise UsageError(f"refusing to replace a directory that is not a peft adapter (no {CONFIG_NAME})",
-                             path=str(path))
-    for src in inputs:
-        if path.exists() and src.parent.exists() and os.path.samefile(path, src.parent):
-            raise UsageError("the output is the input directory; inputs are never modified", path=str(path))
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputNotFound("output directory does not exist", path=str(parent))
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=parent))
-    try:
-        result = write_safetensors(staging / WEIGHTS_NAME, tensors, metadata, source=adapter.source, durable=durable)
-        config = W.peft_adapter_config(entries, adapter.arch)
-        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.chmod(staging, 0o755)
-        if path.exists():
-            graveyard = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=TMP_SUFFIX, dir=parent))
-            os.rename(path, graveyard / "old")
-            os.rename(staging, path)
-            shutil.rmtree(graveyard, ignore_errors=True)
-        else:
-            os.rename(staging, path)
-        return result
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -323,8 +323,8 @@ def invalid_header_len_gt_file(out: Path) -> None:
 
 
 def invalid_header_over_cap(out: Path) -> None:
-    # Only the 8-byte length claims 100 MiB + 1; nothing of that size is ever allocated.
-    raw_file(out / "invalid_header_over_cap.safetensors", b"{}", header_len=100 * 1024 * 1024 + 1)
+    # Only the 8-byte length claims the cap + 1 byte; nothing of that size is ever allocated.
+    raw_file(out / "invalid_header_over_cap.safetensors", b"{}", header_len=100_000_000 + 1)
 
 
 def invalid_json(out: Path) -> None:
@@ -430,7 +430,7 @@ INVALID: dict[str, tuple[Callable[[Path], None], dict]] = {
     "invalid_header_len_gt_file": (invalid_header_len_gt_file, {
         "code": "invalid_file", "exit": 3, "message_contains": "is larger than the file"}),
     "invalid_header_over_cap": (invalid_header_over_cap, {
-        "code": "invalid_file", "exit": 3, "message_contains": "exceeds the 104857600-byte cap"}),
+        "code": "invalid_file", "exit": 3, "message_contains": "exceeds the 100000000-byte cap"}),
     "invalid_json": (invalid_json, {
         "code": "invalid_file", "exit": 3, "message_contains": "header is not valid JSON"}),
     "invalid_duplicate_keys": (invalid_duplicate_keys, {
@@ -458,7 +458,7 @@ INVALID: dict[str, tuple[Callable[[Path], None], dict]] = {
     "invalid_unknown_arch_sd15_names": (invalid_unknown_arch_sd15_names, {
         "code": "unknown_architecture", "exit": 4, "message_contains": "match the sdxl map"}),
     "invalid_manifest_disagrees": (invalid_manifest_disagrees, {
-        "code": "invalid_file", "exit": 3, "message_contains": "manifest says rank 4"}),
+        "code": "invalid_file", "exit": 3, "message_contains": "rank 4 in the manifest"}),
 }
 
 
