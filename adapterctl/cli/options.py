@@ -17,5 +17,7 @@ FsyncOpt = Annotated[bool, typer.Option("--fsync", help="fsync the output before
 StripOpt = Annotated[bool, typer.Option("--strip-metadata",
                                         help="Drop foreign metadata (ss_*, user keys); keep only ModelSpec and ours.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture map to use (default: from the file, else sdxl).")]
+# readable=False: the reader checks access itself, so the error is ours (one line, the same in
+# every command) and validate gives an unreadable file a verdict instead of failing the batch.
 InputArg = Annotated[Path, typer.Argument(help="Adapter .safetensors file or peft adapter directory.",
-                                          show_default=False)]
+                                          show_default=False, readable=False)]

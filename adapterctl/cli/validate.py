@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
 
 
 def validate_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="Adapter files or peft directories.", show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(help="Adapter files or peft directories.", show_default=False,
+                                                readable=False)],
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as failures.")] = False,
     no_weights: Annotated[bool, typer.Option("--no-weights", help="Skip reading tensors (no NaN/Inf check).")] = False,
     arch: ArchOpt = None,

@@ -10,8 +10,8 @@ Semantics are peft's: a pattern ``p`` matches a module path when ``(.*\\.)?(p)``
 whole path (so a plain path matches itself and any dotted suffix-aligned occurrence), and the
 *first* matching pattern in file order wins. To find the first match without trying every
 pattern on every module, the patterns are grouped in chunks of about sqrt(n); one RE2 alternation
-per chunk says whether any member matches, and only the first matching chunk is searched member
-by member. Each pattern and chunk is compiled once.
+per chunk says whether any member matches, and only a matching chunk is searched member by member.
+Each chunk and each member is compiled at most once, members only when first needed.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class PatternTable(Generic[V]):
             if not key or len(key) > MAX_PATTERN_CHARS:
                 raise LayoutError(f"{where}: a rank/alpha pattern is empty or longer than {MAX_PATTERN_CHARS} "
                                   "characters")
-        self._single: list = []
+        self._single: dict[int, object] = {}
         self._chunks: list[tuple[int, int, object]] = []
         self._cache: dict[str, Optional[int]] = {}
 
@@ -67,14 +67,20 @@ class PatternTable(Generic[V]):
             if combined is not None and not combined.fullmatch(path):
                 continue
             for i in range(start, end):
-                if self._single[i].fullmatch(path):
+                if self._member(i).fullmatch(path):
                     return i
         return None
 
+    def _member(self, i: int):
+        # Compiled on first use: most files match few chunks, and one combined compile per chunk
+        # is far cheaper than one compile per pattern.
+        if i not in self._single:
+            self._single[i] = _compile(_anchored(self.keys[i]), self.where, self.keys[i])
+        return self._single[i]
+
     def _compile(self) -> None:
-        if self._single:
+        if self._chunks:
             return
-        self._single = [_compile(_anchored(k), self.where, k) for k in self.keys]
         size = max(_MIN_CHUNK, math.isqrt(len(self.keys)))
         for start in range(0, len(self.keys), size):
             end = min(start + size, len(self.keys))
@@ -82,7 +88,11 @@ class PatternTable(Generic[V]):
             try:
                 combined = _compile(_anchored(members), self.where, None)
             except LayoutError:
-                combined = None  # e.g. too large for RE2's memory budget: search members one by one
+                # An invalid member, or too large for RE2's memory budget: compiling the members
+                # one by one either names the bad pattern or lets the chunk be searched slowly.
+                for i in range(start, end):
+                    self._member(i)
+                combined = None
             self._chunks.append((start, end, combined))
 
 

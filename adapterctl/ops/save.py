@@ -24,6 +24,7 @@ from adapterctl.format.roles import TAGGABLE_ROLES
 from adapterctl.layouts import write as W
 from adapterctl.layouts.keys import parse_key
 from adapterctl.layouts.peft_dir import CONFIG_NAME, WEIGHTS_NAME
+from adapterctl.textsafe import clip
 
 if TYPE_CHECKING:
     from adapterctl.adapter import Adapter, SaveResult
@@ -41,11 +42,13 @@ def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: 
         "modules": entries,
         "provenance": Provenance(
             sources=list(adapter.manifest.provenance.sources) + [
-                Source(sha256=slots.source, name=adapter.path.name[:200], layout=adapter.read.layout)],
+                Source(sha256=slots.source, name=clip(adapter.path.name, 200), layout=adapter.read.layout)],
             operations=list(adapter.manifest.provenance.operations) + list(adapter.pending)),
     })
     metadata = _metadata(adapter, manifest, path, strip_foreign, slots)
     inputs = tuple(dict.fromkeys((adapter.source.path, adapter.path)))
+    if adapter.peft_config is not None:  # a peft input is its directory and both files in it
+        inputs += (adapter.path / CONFIG_NAME,)
     if target == "peft":
         with atomic_directory(path, force=force, inputs=inputs, allowed=frozenset({CONFIG_NAME, WEIGHTS_NAME}),
                               verify=_reads_back_dir) as staging:
@@ -155,7 +158,8 @@ def _metadata(adapter: "Adapter", manifest, path: Path, strip_foreign: bool, slo
     today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
     meta.setdefault("modelspec.sai_model_spec", MODELSPEC_VERSION)
     meta["modelspec.architecture"] = f"{adapter.arch.modelspec_architecture}"
-    meta.setdefault("modelspec.title", path.stem if path.suffix else path.name)
+    # File names may hold bytes that are not UTF-8 (surrogates in Python): escaped, never raw.
+    meta.setdefault("modelspec.title", clip(path.stem if path.suffix else path.name, 200))
     meta.setdefault("modelspec.date", today)
     meta["modelspec.hash_sha256"] = slots.out_0x
     if manifest.layout == "diffusers":
