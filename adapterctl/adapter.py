@@ -200,7 +200,7 @@ def _stored_manifest(st: SafetensorsFile) -> Optional[Manifest]:
         raise InvalidFile(f"{MANIFEST_KEY} is not valid JSON ({exc})", path=str(st.path)) from None
     if not isinstance(head, dict) or head.get("format") != FORMAT_NAME:
         raise InvalidFile(f"{MANIFEST_KEY} is not an {FORMAT_NAME} document", path=str(st.path))
-    if head.get("version") != FORMAT_VERSION:
+    if type(head.get("version")) is not int or head.get("version") != FORMAT_VERSION:  # not true, not 1.0
         raise InvalidFile(f"manifest version {head.get('version')!r} is not supported (this is version "
                           f"{FORMAT_VERSION})", path=str(st.path), hint="upgrade adapterctl")
     from pydantic import ValidationError

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from adapterctl.io import writer
+from adapterctl.io import workers, writer
 from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.io.writer import OutTensor, write_safetensors
 
@@ -19,7 +19,7 @@ def small_chunks(monkeypatch):
     # Tiny chunk / queue / writeback sizes so a small file runs every path: many chunks per
     # tensor, a full queue (back-pressure), several background fdatasync calls.
     monkeypatch.setattr(writer, "CHUNK", 4096)
-    monkeypatch.setattr(writer, "HASH_QUEUE", 2)
+    monkeypatch.setattr(workers, "QUEUE_ITEMS", 2)
     monkeypatch.setattr(writer, "WRITEBACK_EVERY", 64 * 1024)
 
 

@@ -10,19 +10,43 @@ _NUMPY = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int
           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_, "U16": np.uint16,
           "U32": np.uint32, "U64": np.uint64}
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-# 8-bit floats as loaders define them (torch.float8_e4m3fn, float8_e5m2): bit masks of non-finite
-# values. e4m3fn has no infinity and one NaN pattern per sign (S.1111.111); e5m2 follows IEEE,
-# so an all-ones exponent (S.11111.xx) is inf or NaN.
-_F8_NONFINITE = {"F8_E4M3": (0x7F, 0x7F), "F8_E5M2": (0x7C, 0x7C)}
-CHECKED_FLOAT_DTYPES = FLOAT_DTYPES + tuple(_F8_NONFINITE)
+
+# Non-finite values by bit pattern: (unsigned view, exponent mask, value meaning inf or NaN).
+# An all-ones exponent is inf/NaN in the IEEE formats (F16, BF16, F32, F64, and 8-bit e5m2);
+# e4m3fn (torch.float8_e4m3fn, safetensors F8_E4M3) has no infinity and one NaN per sign,
+# S.1111.111. Integer masks need no float conversion, so they raise no warning and run in C.
+_NONFINITE = {
+    "F8_E4M3": ("u1", 0x7F, 0x7F),
+    "F8_E5M2": ("u1", 0x7C, 0x7C),
+    "F16": ("<u2", 0x7C00, 0x7C00),
+    "BF16": ("<u2", 0x7F80, 0x7F80),
+    "F32": ("<u4", 0x7F800000, 0x7F800000),
+    "F64": ("<u8", 0x7FF0000000000000, 0x7FF0000000000000),
+}
+CHECKED_FLOAT_DTYPES = tuple(_NONFINITE)
+
+
+def _e4m3fn_table() -> np.ndarray:
+    codes = np.arange(256)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exponent, mantissa = (codes >> 3) & 0xF, codes & 0x7
+    normal = (1 + mantissa / 8) * np.exp2(exponent - 7.0)
+    subnormal = (mantissa / 8) * 2.0 ** -6
+    values = sign * np.where(exponent == 0, subnormal, normal)
+    values[(codes & 0x7F) == 0x7F] = np.nan
+    return values.astype(np.float32)
 
 
 def read_array(st: SafetensorsFile, name: str) -> np.ndarray:
-    """The tensor as a numpy array; bf16 is widened to float32 exactly."""
+    """The tensor as a numpy array; bf16 and 8-bit floats are widened to float32 exactly."""
     info = st.tensors[name]
     raw = st.read(name)
     if info.dtype == "BF16":
         arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    elif info.dtype == "F8_E5M2":  # the top byte of a float16
+        arr = (np.frombuffer(raw, dtype=np.uint8).astype(np.uint16) << 8).view("<f2")
+    elif info.dtype == "F8_E4M3":
+        arr = _e4m3fn_table()[np.frombuffer(raw, dtype=np.uint8)]
     elif info.dtype in _NUMPY:
         arr = np.frombuffer(raw, dtype=np.dtype(_NUMPY[info.dtype]).newbyteorder("<"))
     else:
@@ -35,14 +59,16 @@ def as_matrix(arr: np.ndarray) -> np.ndarray:
     return np.asarray(arr, dtype=np.float64).reshape(arr.shape[0], -1)
 
 
-def count_nonfinite(st: SafetensorsFile, name: str) -> int:
-    """NaN and Inf values in a float tensor of any dtype, F8 included (0 for integer dtypes)."""
-    dtype = st.tensors[name].dtype
-    if dtype in _F8_NONFINITE:
-        mask, value = _F8_NONFINITE[dtype]
-        raw = np.frombuffer(st.read(name), dtype=np.uint8)
-        return int(np.count_nonzero((raw & mask) == value))
-    if dtype not in FLOAT_DTYPES:
+def nonfinite_in_bytes(raw: bytes, dtype: str) -> int:
+    """NaN and Inf values among the little-endian ``dtype`` values in ``raw`` (0 for non-float dtypes)."""
+    spec = _NONFINITE.get(dtype)
+    if spec is None or not raw:
         return 0
-    arr = read_array(st, name)
-    return int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    view, mask, value = spec
+    bits = np.frombuffer(raw, dtype=view)
+    return int(np.count_nonzero((bits & bits.dtype.type(mask)) == bits.dtype.type(value)))
+
+
+def count_nonfinite(st: SafetensorsFile, name: str) -> int:
+    """NaN and Inf values in a tensor of any float dtype, F8 included (0 for integer dtypes)."""
+    return nonfinite_in_bytes(st.read(name), st.tensors[name].dtype)

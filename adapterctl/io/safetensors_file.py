@@ -29,6 +29,8 @@ DTYPE_SIZES: dict[str, int] = {
     "I64": 8, "U64": 8, "F64": 8,
 }
 
+_U64 = (1 << 64) - 1  # shapes and offsets are usize in the Rust loader
+
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 
 
@@ -167,14 +169,19 @@ class SafetensorsFile:
         if not isinstance(spec, dict):
             raise self._fail(f"tensor '{_clip(name)}' entry is not an object")
         dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-        if dtype not in DTYPE_SIZES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise self._fail(f"tensor '{_clip(name)}' has unknown dtype {_clip(repr(dtype))}")
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and all(type(d) is int and 0 <= d <= _U64 for d in shape)):
             raise self._fail(f"tensor '{_clip(name)}' has an invalid shape")
         if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(type(o) is int and o >= 0 for o in offsets) and offsets[0] <= offsets[1]):
+                and all(type(o) is int and 0 <= o <= _U64 for o in offsets) and offsets[0] <= offsets[1]):
             raise self._fail(f"tensor '{_clip(name)}' has invalid data_offsets")
-        expected = math.prod(shape) * DTYPE_SIZES[dtype]
+        # safetensors multiplies in usize with overflow checks, left to right: so do we.
+        expected = DTYPE_SIZES[dtype]
+        for dim in shape:
+            expected *= dim
+            if expected > _U64:
+                raise self._fail(f"tensor '{_clip(name)}' shape {_clip(repr(shape), 80)} overflows 64 bits")
         if offsets[1] - offsets[0] != expected:
             raise self._fail(f"tensor '{_clip(name)}' shape {shape} {dtype} needs {expected} bytes "
                              f"but its offsets span {offsets[1] - offsets[0]}")

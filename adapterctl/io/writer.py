@@ -14,23 +14,22 @@ the ``fsync`` before the atomic rename has little left to wait for (docs/benchma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import queue
 import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from adapterctl.errors import UnsupportedConversion
+from adapterctl.errors import InvalidFile, UnsupportedConversion
 from adapterctl.io.atomic import atomic_write
 from adapterctl.io.safetensors_file import DTYPE_SIZES, HEADER_CAP, SafetensorsFile
+from adapterctl.io.workers import FiniteCheck, Sha256Worker
+from adapterctl.textsafe import clip
 
 CHUNK = 1024 * 1024  # per read; a tensor of an SDXL LoRA is at most ~1.5 MB
-HASH_QUEUE = 8  # chunks in flight per hash thread: at most HASH_QUEUE * CHUNK bytes held
 WRITEBACK_EVERY = 64 * 1024 * 1024  # start disk writeback after this many new output bytes
 
 
@@ -138,45 +137,6 @@ def _is_whole_source(tensors: list[OutTensor], source: SafetensorsFile) -> bool:
     return cursor == source.size - source.data_start
 
 
-class _Sha256Worker:
-    """sha256 of the byte strings handed to ``update``, computed in order by a worker thread.
-
-    The queue is bounded, so a slow hash back-pressures the copy loop instead of buffering the
-    file. Items must not change after ``update`` (the copier passes fresh ``bytes``).
-    """
-
-    _END = object()
-
-    def __init__(self):
-        self._hash = hashlib.sha256()
-        self._queue: queue.Queue = queue.Queue(HASH_QUEUE)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="adapterctl-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not self._END:
-            if self._error is None:
-                try:
-                    self._hash.update(item)
-                except BaseException as exc:  # noqa: BLE001 - re-raised by hexdigest()
-                    self._error = exc
-
-    def update(self, data) -> None:
-        self._queue.put(data)
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(self._END)
-            self._thread.join()
-
-    def hexdigest(self) -> str:
-        self.close()
-        if self._error is not None:
-            raise self._error
-        return self._hash.hexdigest()
-
-
 class _EarlyWriteback:
     """Calls ``fdatasync`` from a background thread every WRITEBACK_EVERY bytes written.
 
@@ -234,9 +194,10 @@ class _Copier:
 
     def __init__(self, fh, source, *, durable: bool):
         self.fh, self.source = fh, source
-        self.out_hash = _Sha256Worker()
-        self.src_hash = _Sha256Worker() if source is not None else None
-        self._workers = [self.out_hash] + ([self.src_hash] if self.src_hash else [])
+        self.out_hash = Sha256Worker()
+        self.src_hash = Sha256Worker() if source is not None else None
+        self.finite = FiniteCheck()
+        self._workers = [self.out_hash, self.finite] + ([self.src_hash] if self.src_hash else [])
         self.writeback = _EarlyWriteback(fh.fileno(), enabled=durable)
         self.cursor = 0  # source bytes hashed so far
         self.out_of_order = False
@@ -247,6 +208,7 @@ class _Copier:
             data = bytes(t.data)  # an immutable copy for the hash thread (these are small)
             self.fh.write(data)
             self.out_hash.update(data)
+            self.finite.update(t.name, t.dtype, data)
             self.writeback.wrote(len(data))
             return
         in_order = self.source is not None and t.source is self.source and t.start >= self.cursor
@@ -254,7 +216,7 @@ class _Copier:
             self.out_of_order = True
         if in_order:
             self._hash_source(self.cursor, t.start)  # skipped (dropped) bytes still count for the source hash
-        self._pump(t.source, t.start, t.end, write=True, source_too=in_order)
+        self._pump(t.source, t.start, t.end, write=t, source_too=in_order)
         if in_order:
             self.cursor = t.end
 
@@ -263,11 +225,18 @@ class _Copier:
         if self.source is not None:
             if self.out_of_order:  # rare: tensors were reordered, so hash the source in a pass of its own
                 self.cursor, self.out_of_order = 0, False
-                self.src_hash = _Sha256Worker()
+                self.src_hash = Sha256Worker()
                 self._workers.append(self.src_hash)
             if self.cursor < self.data_len:
                 self._hash_source(self.cursor, self.data_len)
         self.writeback.close()
+        bad = self.finite.result()
+        if bad:
+            name, count = next(iter(bad.items()))
+            raise InvalidFile(f"tensor '{clip(name, 120)}' holds {count} NaN/Inf values"
+                              + (f" ({len(bad) - 1} more tensors too)" if len(bad) > 1 else "")
+                              + "; refusing to write an adapter that validate would fail",
+                              hint="the source file is damaged: make it again from its source")
         return self.out_hash.hexdigest(), self.src_hash.hexdigest() if self.src_hash else None
 
     def close(self) -> None:
@@ -280,18 +249,22 @@ class _Copier:
 
     def _hash_source(self, start: int, end: int) -> None:
         if self.source is not None and end > start:
-            self._pump(self.source, start, end, write=False, source_too=True)
+            self._pump(self.source, start, end, write=None, source_too=True)
 
-    def _pump(self, src: SafetensorsFile, start: int, end: int, *, write: bool, source_too: bool) -> None:
+    def _pump(self, src: SafetensorsFile, start: int, end: int, *, write: OutTensor | None,
+              source_too: bool) -> None:
+        """Copy source bytes [start, end) to the output when ``write`` (the tensor they belong
+        to) is given; feed them to the source hash when ``source_too``."""
         fd, pos, remaining = src.fileno(), src.data_start + start, end - start
         while remaining:
             chunk = os.pread(fd, min(CHUNK, remaining), pos)  # fresh bytes: the hash threads may hold the last
             n = len(chunk)
             if n <= 0:
                 raise OSError("source file shrank while copying")
-            if write:
+            if write is not None:  # CHUNK is a multiple of 8, so chunks split no element
                 self.fh.write(chunk)
                 self.out_hash.update(chunk)
+                self.finite.update(write.name, write.dtype, chunk)
                 self.writeback.wrote(n)
             if source_too and not self.out_of_order:
                 self.src_hash.update(chunk)

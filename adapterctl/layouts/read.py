@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
+from pydantic import ValidationError
+
 from adapterctl.arch import ArchMap
 from adapterctl.errors import LayoutError
 from adapterctl.format.constants import DIFFUSERS_METADATA_KEY
@@ -71,7 +73,11 @@ def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dic
         if K.DORA_SCALE in parts:
             result.warnings.append("kohya/LyCORIS dora_scale present: kept within kohya, not converted to "
                                    "diffusers/peft (a different DoRA parametrisation)")
-        entry = _entry(st, arch, component, path, qualifier, parts, scaler, layout)
+        try:
+            entry = _entry(st, arch, component, path, qualifier, parts, scaler, layout)
+        except ValidationError as exc:  # a combination the checks above did not foresee: still the file's fault
+            raise LayoutError(f"'{clip(path)}': {clip(str(exc.errors()[0].get('msg')), 200)}",
+                              path=str(st.path)) from None
         if entry is None:
             result.unmapped.extend(p.key for p in parts.values())
         else:
@@ -160,6 +166,8 @@ def _check_pair(st, down: TensorInfo, up: TensorInfo, expert: bool) -> int:
         if len(down.shape) != 3 or len(up.shape) not in (2, 3):
             raise LayoutError(f"'{clip(down.name)}': expert factors must be [n, r, in] and [out, r] or [n, out, r]",
                               path=str(st.path))
+        if down.shape[0] == 0:
+            raise LayoutError(f"'{clip(down.name)}': zero experts", path=str(st.path))
         rank = down.shape[1]
         up_rank = up.shape[-1]
         if len(up.shape) == 3 and up.shape[0] != down.shape[0]:
