@@ -168,12 +168,14 @@ def run_batch(calls: list[list], *, per_call: float = 10, prefix: tuple[str, ...
 
 
 def drop_file_caps() -> tuple[str, ...] | None:
-    """A command prefix under which permission bits apply to root, or None (see test_bad_inputs)."""
+    """A command prefix under which permission bits apply, or None if that cannot be had."""
     if os.geteuid() != 0:
         return ()
     setpriv = shutil.which("setpriv")
     if not setpriv:
         return None
+    # root ignores permission bits through CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH; without them,
+    # a mode-000 file is unreadable even to its owner, and everything else root owns still opens.
     caps = "-dac_override,-dac_read_search"
     return (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--")
 

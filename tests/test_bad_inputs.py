@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from _cli_helpers import REPO, run_cli, run_cli_batch
+from _fs_helpers import drop_file_caps
 
 VECTORS = REPO / "spec" / "vectors"
 GOOD_VECTOR = VECTORS / "valid_blora_old_diffusers.safetensors"
@@ -193,21 +194,8 @@ def test_default_output_beside_a_bad_input_is_not_created(tmp_path):
     assert _fingerprint(tmp_path) == snapshot
 
 
-def _drop_file_caps() -> tuple[str, ...] | None:
-    """A command prefix under which permission bits apply, or None if that cannot be had."""
-    if os.geteuid() != 0:
-        return ()
-    setpriv = shutil.which("setpriv")
-    if not setpriv:
-        return None
-    # root ignores permission bits through CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH; without them,
-    # a mode-000 file is unreadable even to its owner, and everything else root owns still opens.
-    caps = "-dac_override,-dac_read_search"
-    return (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--")
-
-
 def test_unreadable_file(tmp_path):
-    prefix = _drop_file_caps()
+    prefix = drop_file_caps()
     if prefix is None:
         pytest.skip("running as root without setpriv: chmod 000 cannot make a file unreadable here")
     d = Path(tempfile.mkdtemp(dir=tmp_path))
