@@ -18,6 +18,14 @@ Layout = Literal["kohya", "diffusers", "diffusers-old", "diffusers-legacy-attn",
 Kind = Literal["linear", "conv"]
 
 
+def _name(module: str) -> str:
+    # Error messages may quote file content: escaped and clipped, so that building the error can
+    # neither fail (a lone surrogate) nor flood a terminal.
+    from adapterctl.textsafe import clip
+
+    return clip(module, 120)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,11 +66,11 @@ class ModuleEntry(_Strict):
     @model_validator(mode="after")
     def _coherent(self):
         if (self.role == "expert") != (self.experts is not None):
-            raise ValueError(f"{self.module}: 'experts' is set exactly when role is 'expert'")
+            raise ValueError(f"{_name(self.module)}: 'experts' is set exactly when role is 'expert'")
         if self.role == "expert" and self.tensors.router_weight is None:
-            raise ValueError(f"{self.module}: an expert entry needs router tensors")
+            raise ValueError(f"{_name(self.module)}: an expert entry needs router tensors")
         if self.role is None and self.role_source is not None:
-            raise ValueError(f"{self.module}: role_source without a role")
+            raise ValueError(f"{_name(self.module)}: role_source without a role")
         return self
 
 
@@ -109,7 +117,7 @@ class Manifest(_Strict):
         for entry in self.modules:
             roles = seen.setdefault(entry.module, [])
             if roles and (entry.role is None or None in roles or entry.role in roles):
-                raise ValueError(f"{entry.module}: a module may carry several entries only with distinct roles")
+                raise ValueError(f"{_name(entry.module)}: a module may carry several entries only with distinct roles")
             roles.append(entry.role)
         return self
 
