@@ -251,15 +251,15 @@ def _reconcile(stored: Manifest, result: ReadResult, st: SafetensorsFile, arch: 
         raise InvalidFile(f"manifest says layout '{stored.layout}' but the keys are '{result.layout}'",
                           path=str(st.path))
     read_by_down = {e.tensors.down: e for e in result.entries}
-    owner: dict[str, str] = {}
+    owned: set[str] = set()
     for entry in stored.modules:
         for key in (k for k in entry.tensors.model_dump().values() if k):
             if key not in st.tensors:
                 raise InvalidFile(f"manifest names tensor '{clip(key, 100)}' that the file does not hold",
                                   path=str(st.path))
-            if key in owner:
+            if key in owned:
                 raise InvalidFile(f"manifest gives tensor '{clip(key, 100)}' to two branches", path=str(st.path))
-            owner[key] = entry.module
+            owned.add(key)
         found = read_by_down.get(entry.tensors.down)
         if found is None:
             raise InvalidFile(f"manifest entry '{clip(entry.module, 100)}' does not match the tensors' own names",

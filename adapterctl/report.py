@@ -81,7 +81,7 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
         "warnings": [clip(w, 500) for w in dict.fromkeys(adapter.read.warnings)],
         "metadata": _metadata(adapter.foreign_metadata()),
         "provenance": {"sources": len(m.provenance.sources),
-                       "operations": [clip(op.op, 100) for op in m.provenance.operations[:100]]},
+                       "operations": [clip(op.op, 100) for op in m.provenance.operations]},
     }
 
 

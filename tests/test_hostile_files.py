@@ -94,6 +94,16 @@ import typer.main as _typer_main
 _built, _get_command = {}, _typer_main.get_command
 _typer_main.get_command = lambda app: _built.get(id(app)) or _built.setdefault(id(app), _get_command(app))
 
+def peak_rss():
+    # VmHWM belongs to this process's memory map, so it starts afresh at exec. ru_maxrss does not:
+    # Linux carries it across exec from the parent, so a child of a 1 GB pytest process would
+    # report 1 GB before doing anything.
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 def call(argv):
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
     err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
@@ -113,7 +123,7 @@ def call(argv):
     finally:
         sys.stdout, sys.stderr = real
     seconds = time.perf_counter() - t0
-    return {"rc": rc, "seconds": seconds, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    return {"rc": rc, "seconds": seconds, "maxrss": peak_rss(),
             "stdout": out.buffer.getvalue().decode("utf-8", "surrogateescape"),
             "stderr": err.buffer.getvalue().decode("utf-8", "surrogateescape")}
 
@@ -125,7 +135,7 @@ for job in json.load(open(sys.argv[1])):
         post = call(["validate", job["post"], "--json"])
         results.write(json.dumps({"id": job["id"], "kind": "post", **post}) + "\n")
         results.flush()
-    if resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > int(sys.argv[3]):
+    if peak_rss() > int(sys.argv[3]):
         break  # measured; start a fresh process so the next call's peak is its own
 """
 

@@ -2,9 +2,10 @@
 
 Tensors come either as byte ranges of an open source file (copied in bounded chunks, never
 loaded whole) or as in-memory bytes. The header is written first with fixed-width placeholders
-for hashes (random tokens, see HashSlots); one sequential pass over the source then feeds both the output hash and the source
-hash, and the placeholders are patched in place. Producing ``modelspec.hash_sha256`` and the
-provenance hash of the input therefore costs no second read.
+for hashes (random tokens, see HashSlots); one sequential pass over the source then feeds the
+output hash, the source hash and the NaN/Inf check, and the placeholders are patched in place.
+Producing ``modelspec.hash_sha256`` and the provenance hash of the input therefore costs no
+second read, and an output that ``validate`` would fail is refused before it gets its name.
 
 Both hashes run in worker threads (hashlib releases the GIL on large updates), so on two or
 more cores they overlap each other and the copy loop. With ``durable=True`` a large output is
@@ -31,7 +32,6 @@ from adapterctl.textsafe import clip
 
 CHUNK = 1024 * 1024  # per read; a tensor of an SDXL LoRA is at most ~1.5 MB
 WRITEBACK_EVERY = 64 * 1024 * 1024  # start disk writeback after this many new output bytes
-
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ def _refuse_duplicate_branches(st: SafetensorsFile, entries: list[ModuleEntry]) 
     by_module: dict[str, list[ModuleEntry]] = {}
     for entry in entries:
         by_module.setdefault(entry.module, []).append(entry)
-    for module, found in by_module.items():
+    for found in by_module.values():
         roles = [e.role for e in found]
         if len(found) > 1 and (None in roles or len(set(roles)) != len(roles)):
             raise _ambiguous(st, found[0].tensors.down, found[1].tensors.down)
