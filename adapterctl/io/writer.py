@@ -91,11 +91,12 @@ class WriteResult:
 def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadata: dict[str, str], *,
                       source: SafetensorsFile | None = None, force: bool = False,
                       inputs: tuple[Path, ...] = (), durable: bool = False, slots: HashSlots | None = None,
-                      verify: Callable[[int], None] | None = None) -> WriteResult:
+                      verify: Callable[[int], None] | None = None, check_finite: bool = False) -> WriteResult:
     """Write atomically. With ``source``, its whole data region is hashed in the same pass.
 
     Occurrences of ``slots``' placeholders in metadata values become the hashes. ``verify(fd)``
-    reads the finished file back before it gets its name (see io/atomic.py).
+    reads the finished file back before it gets its name (see io/atomic.py). ``check_finite``
+    refuses (InvalidFile) an output whose float tensors hold NaN or Inf, checked during the copy.
     """
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
@@ -110,7 +111,7 @@ def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadat
         fh.write(header_bytes)
         # When the output's data region is the source's, byte for byte, one hash serves both.
         same_data = source is not None and _is_whole_source(tensors, source)
-        copier = _Copier(fh, None if same_data else source, durable=durable)
+        copier = _Copier(fh, None if same_data else source, durable=durable, check_finite=check_finite)
         try:
             for t in tensors:
                 copier.emit(t)
@@ -192,12 +193,12 @@ class _EarlyWriteback:
 class _Copier:
     """Copies tensors; keeps a cursor over the hashed source so each source byte is read once."""
 
-    def __init__(self, fh, source, *, durable: bool):
+    def __init__(self, fh, source, *, durable: bool, check_finite: bool):
         self.fh, self.source = fh, source
         self.out_hash = Sha256Worker()
         self.src_hash = Sha256Worker() if source is not None else None
-        self.finite = FiniteCheck()
-        self._workers = [self.out_hash, self.finite] + ([self.src_hash] if self.src_hash else [])
+        self.finite = FiniteCheck() if check_finite else None
+        self._workers = [w for w in (self.out_hash, self.finite, self.src_hash) if w is not None]
         self.writeback = _EarlyWriteback(fh.fileno(), enabled=durable)
         self.cursor = 0  # source bytes hashed so far
         self.out_of_order = False
@@ -208,7 +209,8 @@ class _Copier:
             data = bytes(t.data)  # an immutable copy for the hash thread (these are small)
             self.fh.write(data)
             self.out_hash.update(data)
-            self.finite.update(t.name, t.dtype, data)
+            if self.finite is not None:
+                self.finite.update(t.name, t.dtype, data)
             self.writeback.wrote(len(data))
             return
         in_order = self.source is not None and t.source is self.source and t.start >= self.cursor
@@ -230,7 +232,7 @@ class _Copier:
             if self.cursor < self.data_len:
                 self._hash_source(self.cursor, self.data_len)
         self.writeback.close()
-        bad = self.finite.result()
+        bad = self.finite.result() if self.finite is not None else {}
         if bad:
             name, count = next(iter(bad.items()))
             raise InvalidFile(f"tensor '{clip(name, 120)}' holds {count} NaN/Inf values"
@@ -264,7 +266,8 @@ class _Copier:
             if write is not None:  # CHUNK is a multiple of 8, so chunks split no element
                 self.fh.write(chunk)
                 self.out_hash.update(chunk)
-                self.finite.update(write.name, write.dtype, chunk)
+                if self.finite is not None:
+                    self.finite.update(write.name, write.dtype, chunk)
                 self.writeback.wrote(n)
             if source_too and not self.out_of_order:
                 self.src_hash.update(chunk)

@@ -53,12 +53,13 @@ def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: 
         with atomic_directory(path, force=force, inputs=inputs, allowed=frozenset({CONFIG_NAME, WEIGHTS_NAME}),
                               verify=_reads_back_dir) as staging:
             result = write_safetensors(staging / WEIGHTS_NAME, tensors, metadata, source=adapter.source,
-                                       durable=durable, slots=slots)
+                                       durable=durable, slots=slots, check_finite=True)
             config = W.peft_adapter_config(entries, adapter.arch)
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     else:
         result = write_safetensors(path, tensors, metadata, source=adapter.source, force=force, inputs=inputs,
-                                   durable=durable, slots=slots, verify=_reads_back(path, adapter.arch.name))
+                                   durable=durable, slots=slots, verify=_reads_back(path, adapter.arch.name),
+                                   check_finite=True)
     return SaveResult(path=path, layout=target, tensors=len(tensors), bytes=result.nbytes,
                       sha256=result.sha256, source_sha256=result.source_sha256)
 
