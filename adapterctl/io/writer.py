@@ -27,7 +27,7 @@ from typing import Callable
 from adapterctl.errors import InvalidFile, UnsupportedConversion
 from adapterctl.io.atomic import atomic_write
 from adapterctl.io.safetensors_file import DTYPE_SIZES, HEADER_CAP, SafetensorsFile
-from adapterctl.io.workers import FiniteCheck, Sha256Worker
+from adapterctl.io.workers import Sha256Worker
 from adapterctl.textsafe import clip
 
 CHUNK = 1024 * 1024  # per read; a tensor of an SDXL LoRA is at most ~1.5 MB
@@ -197,8 +197,8 @@ class _Copier:
         self.fh, self.source = fh, source
         self.out_hash = Sha256Worker()
         self.src_hash = Sha256Worker() if source is not None else None
-        self.finite = FiniteCheck() if check_finite else None
-        self._workers = [w for w in (self.out_hash, self.finite, self.src_hash) if w is not None]
+        self.finite = _finite_check() if check_finite else None
+        self._workers = [self.out_hash] + ([self.src_hash] if self.src_hash else [])
         self.writeback = _EarlyWriteback(fh.fileno(), enabled=durable)
         self.cursor = 0  # source bytes hashed so far
         self.out_of_order = False
@@ -232,7 +232,7 @@ class _Copier:
             if self.cursor < self.data_len:
                 self._hash_source(self.cursor, self.data_len)
         self.writeback.close()
-        bad = self.finite.result() if self.finite is not None else {}
+        bad = self.finite.bad if self.finite is not None else {}
         if bad:
             name, count = next(iter(bad.items()))
             raise InvalidFile(f"tensor '{clip(name, 120)}' holds {count} NaN/Inf values"
@@ -273,6 +273,12 @@ class _Copier:
                 self.src_hash.update(chunk)
             pos += n
             remaining -= n
+
+
+def _finite_check():
+    from adapterctl.io.arrays import FiniteCheck  # numpy: imported only by writes that check
+
+    return FiniteCheck()
 
 
 def _header(tensors: list[OutTensor], metadata: dict[str, str],
