@@ -4,9 +4,10 @@ Every JSON document adapterctl reads comes from an untrusted file: the safetenso
 manifest and ``lora_adapter_metadata`` inside it, and a peft ``adapter_config.json``. Python's
 ``json`` would recurse once per nesting level (a RecursionError past ~1,000), turn a 5,000-digit
 integer into a ValueError, ``1e400`` into inf, and accept ``NaN``, lone surrogates and duplicate
-keys that the Rust safetensors loader rejects. ``loads`` checks nesting depth and number length
-with one regex scan *before* parsing and rejects all of the rest, raising ``JsonRejected`` (a
-ValueError) with a one-line reason that callers wrap in their own typed error.
+keys that the Rust safetensors loader rejects. ``loads`` checks nesting depth, number length and
+the number of values with C-speed scans *before* parsing (so the objects a parse creates stay a
+small multiple of the text), and rejects all of the rest, raising ``JsonRejected`` (a ValueError)
+with a one-line reason that callers wrap in their own typed error.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from __future__ import annotations
 import json
 import math
 import re
+from array import array
+from itertools import accumulate
 from typing import Any
 
 MAX_DEPTH = 64  # the deepest document adapterctl writes (a manifest) nests 5 levels
 MAX_NUMBER_CHARS = 40  # a u64 has 20 digits; a float repr fits in 24 characters
 
-# One token per match: a whole string (skipped), a bracket, or an over-long number.
-_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|[-+0-9.eE]{%d,}' % (MAX_NUMBER_CHARS + 1))
+MAX_ITEMS = 4_000_000  # array elements + object members: bounds the Python objects a parse makes
+
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_LONG_NUMBER = re.compile(r"[-+0-9.eE]{%d,}" % (MAX_NUMBER_CHARS + 1))
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -49,27 +56,26 @@ def loads(text: str | bytes) -> Any:
 
 
 def _check_shape(text: str) -> None:
-    depth = 0
-    for match in _TOKENS.finditer(text):
-        token = match.group()
-        if token[0] == '"':
-            continue
-        if token in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise JsonRejected(f"nested deeper than {MAX_DEPTH} levels")
-        elif token in "]}":
-            depth -= 1
-        else:
-            raise JsonRejected(f"a number of more than {MAX_NUMBER_CHARS} characters")
+    # Every step runs in C, so a 100 MB header costs about a second whatever its shape. Strings
+    # go first, so that brackets, digits and commas inside them do not count.
+    skeleton = _STRINGS.sub('""', text)
+    if _LONG_NUMBER.search(skeleton):
+        raise JsonRejected(f"a number of more than {MAX_NUMBER_CHARS} characters")
+    if skeleton.count(",") > MAX_ITEMS:
+        raise JsonRejected(f"more than {MAX_ITEMS:,} values")
+    steps = _NOT_BRACKETS.sub("", skeleton).encode("ascii").translate(_DEPTH_STEP)
+    if steps and max(accumulate(array("b", steps))) > MAX_DEPTH:
+        raise JsonRejected(f"nested deeper than {MAX_DEPTH} levels")
 
 
 def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise JsonRejected(f"duplicate key {_short(key)}")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # only then look for the culprit
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JsonRejected(f"duplicate key {_short(key)}")
+            seen.add(key)
     return out
 
 
