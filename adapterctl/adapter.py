@@ -130,7 +130,16 @@ class Adapter:
     def _derive(self, op: str, args: dict, **changes) -> "Adapter":
         stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
         operation = Operation(op=op, args=args, tool=f"adapterctl {__version__}", at=stamp)
-        manifest = self.manifest.model_copy(update=changes)
+        # model_copy(update=...) skips validators; a derived manifest must pass the same checks
+        # as one read from a file (e.g. two branches of one module may not end with one role).
+        from pydantic import ValidationError
+
+        try:
+            manifest = Manifest.model_validate(self.manifest.model_copy(update=changes).model_dump())
+        except ValidationError as exc:
+            msg = str(exc.errors()[0].get("msg")).removeprefix("Value error, ")
+            raise UsageError(f"{op} would make an invalid adapter: {clip(msg, 300)}",
+                             hint="a module with two roles keeps two branches; give each its own role") from None
         return replace(self, manifest=manifest, pending=self.pending + (operation,))
 
     def tag(self, *, preset: Optional[str] = None, roles: Iterable[str | RoleRule] = (),

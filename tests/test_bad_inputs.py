@@ -335,3 +335,13 @@ def test_header_length_that_starts_like_a_pickle_is_not_a_pickle(tmp_path):
     for r in results:
         assert r.rc == 0, r.stderr
         assert json.loads(r.stdout)["modules"] == 1
+
+
+def test_derived_manifest_is_validated_like_a_read_one(tmp_path):
+    """Regression: tagging both branches of a two-role module with one role used to end in exit 70
+    ('duplicate tensor names in output'): model_copy skipped the manifest's validators."""
+    out = tmp_path / "t.safetensors"
+    r = run_cli("tag", VECTORS / "valid_content_style_same_module.safetensors", "--role", "style=unet", "-o", out)
+    assert r.rc == 2, r.stderr
+    assert len(r.error_lines) == 1 and r.error_lines[0].startswith("error: tag would make an invalid adapter")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
