@@ -1,10 +1,8 @@
-"""Weight statistics computed from the LoRA factors, never from a dense delta_W.
+"""Weight statistics of an adapter, computed from the LoRA factors, never from a dense delta_W.
 
-For delta_W = s * B @ A with B [out, r] and A [r, in]:
-- ||delta_W||_F^2 = s^2 * tr((B^T B)(A A^T)), an r x r product;
-- singular values come from the r x r core R_B R_A^T of the QR factorisations B = Q_B R_B and
-  A^T = Q_A R_A, so the cost is O((out + in) r^2), not O(out * in * r).
-The effective rank is Roy & Vetterli's exp(entropy) of the normalised singular values.
+The math lives in ``adapterctl.lowrank`` (norms and singular values from the r x r QR core, at
+O((out + in) r^2)); this module reads each branch and aggregates per block. The effective rank
+is Roy & Vetterli's exp(entropy) of the normalised singular values.
 """
 
 from __future__ import annotations
@@ -16,11 +14,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from adapterctl.io.arrays import as_matrix, read_array
+from adapterctl.io.arrays import read_array
+from adapterctl.lowrank import Factored, effective_rank
 
 if TYPE_CHECKING:
     from adapterctl.adapter import Adapter
     from adapterctl.format.manifest import ModuleEntry
+
+__all__ = ["ModuleStats", "block_stats", "branch", "effective_rank", "factors", "module_stats"]
 
 
 @dataclass(frozen=True)
@@ -33,41 +34,31 @@ class ModuleStats:
     singular_values: tuple[float, ...]
 
 
-def factors(adapter: "Adapter", entry: "ModuleEntry") -> tuple[np.ndarray, np.ndarray]:
-    """(B, A) as float64 matrices, scale folded into B. Experts are not plain factors."""
+def branch(adapter: "Adapter", entry: "ModuleEntry") -> Factored:
+    """One plain LoRA branch as float64 factors with its scale. Experts are not plain factors."""
     st = adapter.source
-    up = as_matrix(read_array(st, entry.tensors.up))
-    down = as_matrix(read_array(st, entry.tensors.down))
-    return up * entry.scale, down
+    return Factored.of(read_array(st, entry.tensors.up), read_array(st, entry.tensors.down), entry.scale)
 
 
-def singular_values(b: np.ndarray, a: np.ndarray) -> np.ndarray:
-    _, rb = np.linalg.qr(b)
-    _, ra = np.linalg.qr(a.T)
-    return np.linalg.svd(rb @ ra.T, compute_uv=False)
-
-
-def effective_rank(sv: np.ndarray) -> float:
-    total = float(sv.sum())
-    if total <= 0 or not np.isfinite(total):
-        return 0.0
-    p = sv[sv > 0] / total
-    return float(np.exp(-(p * np.log(p)).sum()))
+def factors(adapter: "Adapter", entry: "ModuleEntry") -> tuple[np.ndarray, np.ndarray]:
+    """(B, A) as float64 matrices, scale folded into B."""
+    b = branch(adapter, entry)
+    return b.up * b.scale, b.down
 
 
 def module_stats(adapter: "Adapter", entry: "ModuleEntry") -> ModuleStats:
     """Statistics of one branch; NaN (never an exception or a warning) when its factors are not
     finite. Cost: the reader bounds the rank by min(in, out), so the r x r products stay smaller
     than the factors themselves."""
-    b, a = factors(adapter, entry)
+    b = branch(adapter, entry)
     with np.errstate(all="ignore"):
-        if not (np.isfinite(b).all() and np.isfinite(a).all()):
+        if not b.is_finite():
             return ModuleStats(entry.module, entry.block, entry.role, math.nan, math.nan, ())
         try:
-            sv = singular_values(b, a)
+            sv = b.singular_values()
         except np.linalg.LinAlgError:  # SVD did not converge (overflowing values)
             return ModuleStats(entry.module, entry.block, entry.role, math.nan, math.nan, ())
-        norm = float(np.sqrt(max(np.trace((b.T @ b) @ (a @ a.T)), 0.0)))
+        norm = b.frobenius_norm()
     return ModuleStats(entry.module, entry.block, entry.role, norm, effective_rank(sv), tuple(float(x) for x in sv))
 
 

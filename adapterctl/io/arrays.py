@@ -54,11 +54,6 @@ def read_array(st: SafetensorsFile, name: str) -> np.ndarray:
     return arr.reshape(info.shape)
 
 
-def as_matrix(arr: np.ndarray) -> np.ndarray:
-    """LoRA factor as a 2-D float64 matrix: conv [r, in, kh, kw] -> [r, in*kh*kw]; up [out, r, 1, 1] -> [out, r]."""
-    return np.asarray(arr, dtype=np.float64).reshape(arr.shape[0], -1)
-
-
 def nonfinite_in_bytes(raw: bytes, dtype: str) -> int:
     """NaN and Inf values among the little-endian ``dtype`` values in ``raw`` (0 for non-float dtypes)."""
     spec = _NONFINITE.get(dtype)
