@@ -11,7 +11,7 @@ import pytest
 
 from adapterctl.io import workers, writer
 from adapterctl.io.safetensors_file import SafetensorsFile
-from adapterctl.io.writer import OutTensor, write_safetensors
+from adapterctl.io.writer import HashSlots, OutTensor, write_safetensors
 
 
 @pytest.fixture
@@ -87,3 +87,62 @@ def test_durable_write_fsyncs_file_and_directory(tmp_path, monkeypatch):
     assert len(synced) == 2 and synced[1] == str(tmp_path), synced
     assert synced[0].endswith((".adapterctl-tmp", " (deleted)")) and synced[0].startswith(str(tmp_path)), synced
     src.close()
+
+
+@pytest.mark.parametrize("interleave", ["in-order", "one-reordered"])
+def test_several_sources_hashed_in_the_same_pass(tmp_path, small_chunks, interleave):
+    """A derived adapter may draw tensors from several files: each source's provenance hash
+    covers its whole data region, whichever of its tensors are kept, in whatever order."""
+    a = _source(tmp_path / "a.safetensors", n=9)
+    b = _source(tmp_path / "b.safetensors", n=7, size=30_000)
+    names_a = sorted(a.tensors, key=lambda k: a.tensors[k].start)[::2]
+    names_b = sorted(b.tensors, key=lambda k: b.tensors[k].start)[1::2]
+    if interleave == "one-reordered":
+        names_b = names_b[::-1]
+    out = []
+    for i in range(max(len(names_a), len(names_b))):
+        out += [OutTensor.copy(a, names_a[i], f"a.{names_a[i]}")] if i < len(names_a) else []
+        out += [OutTensor.copy(b, names_b[i], f"b.{names_b[i]}")] if i < len(names_b) else []
+    slots = HashSlots.new(sources=2)
+    meta = {"first": slots.source, "second": slots.more_sources[0], "out": slots.out_hex}
+    result = write_safetensors(tmp_path / "out.safetensors", out, meta, sources=[a, b], slots=slots)
+    want = (hashlib.sha256(_data(tmp_path / "a.safetensors")).hexdigest(),
+            hashlib.sha256(_data(tmp_path / "b.safetensors")).hexdigest())
+    assert result.source_sha256s == want and result.source_sha256 == want[0]
+    with SafetensorsFile(tmp_path / "out.safetensors") as st:
+        assert st.metadata == {"first": want[0], "second": want[1], "out": result.sha256}
+        assert all(st.read(t.name) == t.source.read(t.name.split(".", 1)[1]) for t in out)
+    a.close()
+    b.close()
+
+
+def test_lazy_tensors_are_computed_in_order_and_checked(tmp_path):
+    """A computed tensor's producer runs only when the writer reaches it, once; a producer that
+    returns the wrong number of bytes fails the write and leaves nothing behind."""
+    calls = []
+
+    def producer(i):
+        def make():
+            calls.append(i)
+            return bytes([i]) * 16
+        return make
+
+    out = [OutTensor.lazy(f"t{i}", "U8", (16,), producer(i)) for i in range(5)]
+    assert calls == []  # planning computes nothing
+    write_safetensors(tmp_path / "lazy.safetensors", out, {})
+    assert calls == [0, 1, 2, 3, 4]
+    with SafetensorsFile(tmp_path / "lazy.safetensors") as st:
+        assert [st.read(f"t{i}") for i in range(5)] == [bytes([i]) * 16 for i in range(5)]
+    bad = [OutTensor.lazy("short", "F32", (4,), lambda: b"\0" * 15)]
+    with pytest.raises(ValueError, match="producer gave 15 bytes"):
+        write_safetensors(tmp_path / "bad.safetensors", bad, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lazy.safetensors"]
+
+
+def test_nonfinite_computed_tensor_is_refused_when_checked(tmp_path):
+    nan = b"\x00\x7e"  # F16 NaN
+    out = [OutTensor.lazy("x", "F16", (2,), lambda: nan * 2)]
+    write_safetensors(tmp_path / "unchecked.safetensors", out, {})  # a plain safetensors write allows it
+    with pytest.raises(Exception, match="NaN/Inf"):
+        write_safetensors(tmp_path / "checked.safetensors", out, {}, check_finite=True)
+    assert not (tmp_path / "checked.safetensors").exists()

@@ -1,13 +1,14 @@
 """Streaming safetensors writer.
 
-Tensors come either as byte ranges of an open source file (copied in bounded chunks, never
-loaded whole) or as in-memory bytes. The header is written first with fixed-width placeholders
-for hashes (random tokens, see HashSlots); one sequential pass over the source then feeds the
-output hash, the source hash and the NaN/Inf check, and the placeholders are patched in place.
-Producing ``modelspec.hash_sha256`` and the provenance hash of the input therefore costs no
+Tensors come as byte ranges of open source files (copied in bounded chunks, never loaded
+whole), as in-memory bytes, or from a lazy producer that computes one tensor when the writer
+reaches it (peak memory: one tensor, not the file). The header is written first with fixed-width
+placeholders for hashes (random tokens, see HashSlots); one sequential pass then feeds the output
+hash, each source's hash and the NaN/Inf check, and the placeholders are patched in place.
+Producing ``modelspec.hash_sha256`` and the provenance hash of every input therefore costs no
 second read, and an output that ``validate`` would fail is refused before it gets its name.
 
-Both hashes run in worker threads (hashlib releases the GIL on large updates), so on two or
+The hashes run in worker threads (hashlib releases the GIL on large updates), so on two or
 more cores they overlap each other and the copy loop. With ``durable=True`` a large output is
 also handed to the disk while it is being written (periodic ``fdatasync`` in the background), so
 the ``fsync`` before the atomic rename has little left to wait for (docs/benchmarks.md).
@@ -22,7 +23,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from adapterctl.errors import InvalidFile, UnsupportedConversion
 from adapterctl.io.atomic import atomic_write
@@ -45,11 +46,20 @@ class HashSlots:
 
     out_0x: str  # "0x" + sha256 of the output data region (ModelSpec)
     out_hex: str  # bare hex of the same (kohya's sshs_model_hash)
-    source: str  # sha256 of the source file's data region (provenance)
+    source: str  # sha256 of the (first) source file's data region (provenance)
+    more_sources: tuple[str, ...] = ()  # the same for sources 2, 3, ... of a multi-source write
 
     @classmethod
-    def new(cls) -> "HashSlots":
-        return cls("0x" + secrets.token_hex(32), secrets.token_hex(32), secrets.token_hex(32))
+    def new(cls, sources: int = 1) -> "HashSlots":
+        extra = tuple(secrets.token_hex(32) for _ in range(max(sources - 1, 0)))
+        return cls("0x" + secrets.token_hex(32), secrets.token_hex(32), secrets.token_hex(32), extra)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.source,) + self.more_sources
+
+    def tokens(self) -> tuple[str, ...]:
+        return (self.out_0x, self.out_hex) + self.sources
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +71,12 @@ class OutTensor:
     start: int = 0
     end: int = 0
     data: bytes | None = None  # or write these bytes
+    producer: Callable[[], bytes] | None = None  # or compute them when written, then drop them
 
     @property
     def nbytes(self) -> int:
+        if self.producer is not None:
+            return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
         return len(self.data) if self.data is not None else self.end - self.start
 
     @classmethod
@@ -77,22 +90,31 @@ class OutTensor:
             raise ValueError(f"{name}: {len(data)} bytes do not match {dtype}{list(shape)}")
         return cls(name, dtype, tuple(shape), data=data)
 
+    @classmethod
+    def lazy(cls, name: str, dtype: str, shape, producer: Callable[[], bytes]) -> "OutTensor":
+        """A computed tensor: ``producer()`` runs when the writer reaches it, and its bytes are
+        written and released before the next tensor, so peak memory is one tensor, not the file."""
+        return cls(name, dtype, tuple(shape), producer=producer)
+
     def renamed(self, name: str) -> "OutTensor":
-        return OutTensor(name, self.dtype, self.shape, self.source, self.start, self.end, self.data)
+        return OutTensor(name, self.dtype, self.shape, self.source, self.start, self.end, self.data, self.producer)
 
 
 @dataclass(frozen=True)
 class WriteResult:
     sha256: str  # output data region
-    source_sha256: str | None
+    source_sha256: str | None  # the first source's (None without sources)
     nbytes: int
+    source_sha256s: tuple[str, ...] = ()  # every source's, in the order given
 
 
 def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadata: dict[str, str], *,
-                      source: SafetensorsFile | None = None, force: bool = False,
-                      inputs: tuple[Path, ...] = (), durable: bool = False, slots: HashSlots | None = None,
-                      verify: Callable[[int], None] | None = None, check_finite: bool = False) -> WriteResult:
-    """Write atomically. With ``source``, its whole data region is hashed in the same pass.
+                      source: SafetensorsFile | None = None, sources: Sequence[SafetensorsFile] = (),
+                      force: bool = False, inputs: tuple[Path, ...] = (), durable: bool = False,
+                      slots: HashSlots | None = None, verify: Callable[[int], None] | None = None,
+                      check_finite: bool = False) -> WriteResult:
+    """Write atomically. Each of ``sources`` (or the one ``source``) has its whole data region
+    hashed in the same pass as the copy: bytes are read once, whichever tensors are kept.
 
     Occurrences of ``slots``' placeholders in metadata values become the hashes. ``verify(fd)``
     reads the finished file back before it gets its name (see io/atomic.py). ``check_finite``
@@ -101,6 +123,7 @@ def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadat
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names in output")
+    sources = list(dict.fromkeys(([source] if source is not None else []) + list(sources)))
     header_bytes, patches = _header(tensors, metadata, slots)
     if len(header_bytes) > HEADER_CAP:
         raise UnsupportedConversion(f"the output header would be {len(header_bytes):,} bytes, over the "
@@ -109,24 +132,27 @@ def write_safetensors(path: str | os.PathLike, tensors: list[OutTensor], metadat
     with atomic_write(path, force=force, inputs=inputs, durable=durable, verify=verify) as fh:
         fh.write(len(header_bytes).to_bytes(8, "little"))
         fh.write(header_bytes)
-        # When the output's data region is the source's, byte for byte, one hash serves both.
-        same_data = source is not None and _is_whole_source(tensors, source)
-        copier = _Copier(fh, None if same_data else source, durable=durable, check_finite=check_finite)
+        # When the output's data region is the one source's, byte for byte, one hash serves both.
+        same_data = len(sources) == 1 and _is_whole_source(tensors, sources[0])
+        copier = _Copier(fh, [] if same_data else sources, durable=durable, check_finite=check_finite)
         try:
             for t in tensors:
                 copier.emit(t)
-            out_hex, src_hex = copier.finish()
+            out_hex, src_hexes = copier.finish()
             if same_data:
-                src_hex = out_hex
+                src_hexes = [out_hex]
         finally:
             copier.close()  # no worker thread outlives the write, whatever happened
         if patches:
-            hexes = {slots.out_0x: "0x" + out_hex, slots.out_hex: out_hex, slots.source: src_hex or "0" * 64}
+            hexes = {slots.out_0x: "0x" + out_hex, slots.out_hex: out_hex}
+            hexes.update({token: src_hexes[i] if i < len(src_hexes) else "0" * 64
+                          for i, token in enumerate(slots.sources)})
             for offset, token in patches:
                 fh.seek(8 + offset)
                 fh.write(hexes[token].encode("ascii"))
             fh.seek(0, os.SEEK_END)
-    return WriteResult(out_hex, src_hex, 8 + len(header_bytes) + sum(t.nbytes for t in tensors))
+    return WriteResult(out_hex, src_hexes[0] if src_hexes else None,
+                       8 + len(header_bytes) + sum(t.nbytes for t in tensors), tuple(src_hexes))
 
 
 def _is_whole_source(tensors: list[OutTensor], source: SafetensorsFile) -> bool:
@@ -190,47 +216,50 @@ class _EarlyWriteback:
             raise error
 
 
-class _Copier:
-    """Copies tensors; keeps a cursor over the hashed source so each source byte is read once."""
+class _SourceHash:
+    """One source's sha256, fed by the copy while that source's tensors arrive in file order;
+    skipped (dropped) ranges are read and hashed in between, so each byte is read once."""
 
-    def __init__(self, fh, source, *, durable: bool, check_finite: bool):
-        self.fh, self.source = fh, source
+    def __init__(self, src: SafetensorsFile):
+        self.src, self.worker, self.cursor, self.in_order = src, Sha256Worker(), 0, True
+        self.data_len = src.size - src.data_start
+
+
+class _Copier:
+    """Copies or computes tensors in order; hashes the output, and every source in the same pass."""
+
+    def __init__(self, fh, sources: Sequence[SafetensorsFile], *, durable: bool, check_finite: bool):
+        self.fh = fh
         self.out_hash = Sha256Worker()
-        self.src_hash = Sha256Worker() if source is not None else None
+        self.hashes = {id(src): _SourceHash(src) for src in sources}
         self.finite = _finite_check() if check_finite else None
-        self._workers = [self.out_hash] + ([self.src_hash] if self.src_hash else [])
+        self._workers = [self.out_hash] + [h.worker for h in self.hashes.values()]
         self.writeback = _EarlyWriteback(fh.fileno(), enabled=durable)
-        self.cursor = 0  # source bytes hashed so far
-        self.out_of_order = False
-        self.data_len = source.size - source.data_start if source is not None else 0
 
     def emit(self, t: OutTensor) -> None:
-        if t.data is not None:
-            data = bytes(t.data)  # an immutable copy for the hash thread (these are small)
-            self.fh.write(data)
-            self.out_hash.update(data)
-            if self.finite is not None:
-                self.finite.update(t.name, t.dtype, data)
-            self.writeback.wrote(len(data))
+        if t.producer is not None or t.data is not None:
+            data = bytes(t.producer() if t.producer is not None else t.data)  # immutable, for the hash thread
+            if len(data) != t.nbytes:
+                raise ValueError(f"{t.name}: producer gave {len(data)} bytes for {t.dtype}{list(t.shape)}")
+            self._write(t, data)
             return
-        in_order = self.source is not None and t.source is self.source and t.start >= self.cursor
-        if t.source is self.source and not in_order:
-            self.out_of_order = True
+        h = self.hashes.get(id(t.source))
+        in_order = h is not None and h.in_order and t.start >= h.cursor
+        if h is not None and not in_order:
+            h.in_order = False  # rare: tensors reordered; this source gets a pass of its own in finish()
         if in_order:
-            self._hash_source(self.cursor, t.start)  # skipped (dropped) bytes still count for the source hash
-        self._pump(t.source, t.start, t.end, write=t, source_too=in_order)
+            self._pump(h.src, h.cursor, t.start, write=None, hash_into=h)
+        self._pump(t.source, t.start, t.end, write=t, hash_into=h if in_order else None)
         if in_order:
-            self.cursor = t.end
+            h.cursor = t.end
 
-    def finish(self) -> tuple[str, str | None]:
-        """Hex digests of the output data and of the source data region (None without a source)."""
-        if self.source is not None:
-            if self.out_of_order:  # rare: tensors were reordered, so hash the source in a pass of its own
-                self.cursor, self.out_of_order = 0, False
-                self.src_hash = Sha256Worker()
-                self._workers.append(self.src_hash)
-            if self.cursor < self.data_len:
-                self._hash_source(self.cursor, self.data_len)
+    def finish(self) -> tuple[str, list[str]]:
+        """Hex digests of the output data and of each source's data region, in source order."""
+        for h in self.hashes.values():
+            if not h.in_order:
+                h.worker, h.cursor, h.in_order = Sha256Worker(), 0, True
+                self._workers.append(h.worker)
+            self._pump(h.src, h.cursor, h.data_len, write=None, hash_into=h)
         self.writeback.close()
         bad = self.finite.bad if self.finite is not None else {}
         if bad:
@@ -239,7 +268,7 @@ class _Copier:
                               + (f" ({len(bad) - 1} more tensors too)" if len(bad) > 1 else "")
                               + "; refusing to write an adapter that validate would fail",
                               hint="the source file is damaged: make it again from its source")
-        return self.out_hash.hexdigest(), self.src_hash.hexdigest() if self.src_hash else None
+        return self.out_hash.hexdigest(), [h.worker.hexdigest() for h in self.hashes.values()]
 
     def close(self) -> None:
         for worker in self._workers:
@@ -249,28 +278,27 @@ class _Copier:
         except OSError:
             pass  # only reached on an error path, which is already raising
 
-    def _hash_source(self, start: int, end: int) -> None:
-        if self.source is not None and end > start:
-            self._pump(self.source, start, end, write=None, source_too=True)
+    def _write(self, t: OutTensor, data: bytes) -> None:
+        self.fh.write(data)
+        self.out_hash.update(data)
+        if self.finite is not None:
+            self.finite.update(t.name, t.dtype, data)
+        self.writeback.wrote(len(data))
 
     def _pump(self, src: SafetensorsFile, start: int, end: int, *, write: OutTensor | None,
-              source_too: bool) -> None:
+              hash_into: _SourceHash | None) -> None:
         """Copy source bytes [start, end) to the output when ``write`` (the tensor they belong
-        to) is given; feed them to the source hash when ``source_too``."""
+        to) is given; feed them to that source's hash when ``hash_into``."""
         fd, pos, remaining = src.fileno(), src.data_start + start, end - start
-        while remaining:
+        while remaining > 0:
             chunk = os.pread(fd, min(CHUNK, remaining), pos)  # fresh bytes: the hash threads may hold the last
             n = len(chunk)
             if n <= 0:
                 raise OSError("source file shrank while copying")
             if write is not None:  # CHUNK is a multiple of 8, so chunks split no element
-                self.fh.write(chunk)
-                self.out_hash.update(chunk)
-                if self.finite is not None:
-                    self.finite.update(write.name, write.dtype, chunk)
-                self.writeback.wrote(n)
-            if source_too and not self.out_of_order:
-                self.src_hash.update(chunk)
+                self._write(write, chunk)
+            if hash_into is not None:
+                hash_into.worker.update(chunk)
             pos += n
             remaining -= n
 
@@ -291,7 +319,7 @@ def _header(tensors: list[OutTensor], metadata: dict[str, str],
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8-byte alignment
     patches = []
-    for token in (slots.out_0x, slots.out_hex, slots.source) if slots else ():
+    for token in slots.tokens() if slots else ():
         needle, at = token.encode("ascii"), 0
         while (at := raw.find(needle, at)) >= 0:
             patches.append((at, token))
