@@ -7,6 +7,7 @@ escaped so that control characters can never reach a terminal or a log unescaped
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,7 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
          "kinds": dict(v["kinds"]), "rank": sorted(v["ranks"]), "lbw": v["lbw"]}
         for v in sorted(blocks.values(), key=lambda v: order.get(v["block"], 1 << 30))
     ]
-    return {
+    return json_safe({
         "schema": SCHEMA,
         "path": display_path(adapter.path),
         "size": st.size,
@@ -82,7 +83,19 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
         "metadata": _metadata(adapter.foreign_metadata()),
         "provenance": {"sources": len(m.provenance.sources),
                        "operations": [clip(op.op, 100) for op in m.provenance.operations]},
-    }
+    })
+
+
+def json_safe(value: Any) -> Any:
+    """The same data with every non-finite float as the string "NaN", "Infinity" or "-Infinity",
+    so that the report is strict JSON however broken the file (a NaN alpha, NaN factors)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _summary(values: list[float]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def inspect_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     from adapterctl.adapter import Adapter
-    from adapterctl.report import inspect_report
+    from adapterctl.report import inspect_report, json_safe
 
     out = Output(json_mode=json_out, quiet=quiet)
     with Adapter.open(path, arch=arch) as adapter:
@@ -38,7 +38,7 @@ def inspect_cmd(
             from adapterctl.textsafe import clip
 
             # Block names can come from a stored manifest: escape them like the report does.
-            report["weights"] = [{**w, "block": clip(w["block"])} for w in block_stats(adapter)]
+            report["weights"] = json_safe([{**w, "block": clip(w["block"])} for w in block_stats(adapter)])
     if markdown and not json_out:
         if not quiet:
             print(render_markdown(report), end="")
@@ -98,7 +98,8 @@ def _num(value, spec: str) -> str:
 def _range(s: dict) -> str:
     if s["min"] is None:
         return "-"
-    return f"{s['min']:g}" if s["min"] == s["max"] else f"{s['min']:g}–{s['max']:g}"
+    low, high = _num(s["min"], "g"), _num(s["max"], "g")  # "NaN"/"Infinity" arrive as strings
+    return low if low == high else f"{low}–{high}"
 
 
 def render_markdown(r: dict) -> str:

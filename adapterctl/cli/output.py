@@ -7,7 +7,6 @@ Results go to stdout, everything else (progress, notes, errors) to stderr, so th
 from __future__ import annotations
 
 import json
-import math
 import sys
 from typing import Any, Callable
 
@@ -64,17 +63,9 @@ def _escape(text: str) -> str:
 def to_json(data: Any) -> str:
     """Strict JSON for --json: ASCII only (no raw U+2028 or bidi character can reach a terminal
     that prints it), and non-finite floats as the strings "NaN", "Infinity", "-Infinity"."""
-    return json.dumps(_finite(data), indent=2, ensure_ascii=True, allow_nan=False)
+    from adapterctl.report import json_safe
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return json.dumps(json_safe(data), indent=2, ensure_ascii=True, allow_nan=False)
 
 
 def plain(text: str) -> str:
