@@ -180,3 +180,26 @@ def test_kohya_dora_scale_stays_kohya(tmp_path):
     with SafetensorsFile(tmp_path / "k.safetensors") as k, SafetensorsFile(path) as src:
         assert {f"{sgm}.lora_down.weight", f"{sgm}.lora_up.weight", f"{sgm}.dora_scale"} <= set(k.tensors)
         assert k.read(f"{sgm}.dora_scale") == src.read(f"{base}.dora_scale")
+
+
+def test_inspect_report_is_strict_json_for_a_nan_alpha(tmp_path):
+    """Found by the fuzzer at a larger budget: an F16 alpha of NaN or inf must not put a float
+    that JSON cannot carry into the report (API users call json.dumps on it)."""
+    import shutil
+    from pathlib import Path
+
+    from adapterctl.report import inspect_report
+
+    path = tmp_path / "nan_alpha.safetensors"
+    vectors = Path(__file__).resolve().parents[1] / "spec" / "vectors"
+    shutil.copyfile(vectors / "valid_kohya_sgm_locon.safetensors", path)
+    with SafetensorsFile(path) as st:
+        name = next(n for n, t in st.tensors.items() if n.endswith(".alpha") and t.dtype == "F16")
+        offset = st.data_start + st.tensors[name].start
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\x00\x7c")  # +inf in F16
+    with adapterctl.open(path) as a:
+        report = inspect_report(a)
+    text = json.dumps(report, allow_nan=False)
+    assert '"Infinity"' in text
