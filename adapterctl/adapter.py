@@ -145,42 +145,27 @@ class Adapter:
     def tag(self, *, preset: Optional[str] = None, roles: Iterable[str | RoleRule] = (),
             clear: bool = False) -> "Adapter":
         """Assign roles by preset and/or 'role=selector' rules. Existing roles stay unless overridden."""
-        rules = list(_roles.preset_rules(self.arch, preset)) if preset else []
-        # One 'role=a,b' string is several rules; keep them all, not just the first selector.
-        rules += [rule for r in roles for rule in ([r] if isinstance(r, RoleRule) else _roles.parse_role_rules([r]))]
-        if not rules and not clear:
-            raise UsageError("nothing to tag", hint="pass --preset NAME or --role ROLE=SELECTOR")
-        entries = self.manifest.modules
-        if clear:
-            entries = [e if e.role == "expert" else e.model_copy(update={"role": None, "role_source": None})
-                       for e in entries]
-        entries = _roles.apply_rules(self.arch, entries, rules, replace=False)
-        # Re-tagging promotes every surviving role to 'declared': the user has now looked at it.
-        entries = [e.model_copy(update={"role_source": "declared"}) if e.role else e for e in entries]
-        method = "b-lora" if preset == "b-lora" and self.method in ("lora", "b-lora") else self.method
-        return self._derive("tag", {"preset": preset, "rules": [f"{r.role}={r.selector}" for r in rules],
-                                    "clear": clear},
-                            modules=entries, preset=preset or self.manifest.preset,
-                            role_rules=list(self.manifest.role_rules if not clear else []) + rules, method=method)
+        rules = [f"{r.role}={r.selector}" if isinstance(r, RoleRule) else r for r in roles]
+        return self.apply("tag", preset=preset, roles=rules, clear=clear)
 
     def split(self, *, keep: Iterable[str] = (), drop: Iterable[str] = (),
               keep_blocks: Iterable[str] = ()) -> "Adapter":
         """Keep only some branches: by role (``keep``/``drop``, 'untagged' allowed) and/or by block selector."""
-        from adapterctl.ops.select import select_entries
-
-        keep, drop, keep_blocks = list(keep), list(drop), list(keep_blocks)
-        entries = select_entries(self, keep=keep, drop=drop, keep_blocks=keep_blocks)
-        return self._derive("split", {"keep": keep, "drop": drop, "keep_blocks": keep_blocks}, modules=entries)
+        return self.apply("split", keep=list(keep), drop=list(drop), keep_blocks=list(keep_blocks))
 
     def convert(self, to: str) -> "Adapter":
         """Change the tensor layout (names and scale metadata only; factor bytes are unchanged)."""
         from adapterctl.format.constants import WRITABLE_LAYOUTS
-        from adapterctl.layouts.write import check_convertible
 
-        if to not in WRITABLE_LAYOUTS:
+        if to not in WRITABLE_LAYOUTS:  # before the params model, for the friendlier message
             raise UsageError(f"unknown target layout '{to}'", hint=f"choose one of: {', '.join(WRITABLE_LAYOUTS)}")
-        check_convertible(self.manifest.modules, to, lycoris=self.read.lycoris, unmapped=self.read.unmapped)
-        return self._derive("convert", {"from": self.layout, "to": to}, layout=to)
+        return self.apply("convert", to=to)
+
+    def apply(self, op: str, **params) -> "Adapter":
+        """Run a registered operation by name (see ``adapterctl.ops.registry``)."""
+        from adapterctl.ops import base, registry
+
+        return base.run(registry.get(op), self, **params)
 
     def save(self, path, *, force: bool = False, strip_foreign: bool = False, durable: bool = False) -> SaveResult:
         """Write atomically. ``durable`` also fsyncs, so the file survives a power loss."""

@@ -203,3 +203,22 @@ def test_inspect_report_is_strict_json_for_a_nan_alpha(tmp_path):
         report = inspect_report(a)
     text = json.dumps(report, allow_nan=False)
     assert '"Infinity"' in text
+
+
+def test_operations_are_registered_units_with_typed_parameters():
+    """Each op is a name + a parameter model + apply; the framework validates the parameters and
+    writes the provenance record from them."""
+    from adapterctl.ops import registry
+
+    assert registry.names() == ["tag", "split", "convert"]
+    with adapterctl.open(HERE / BLORA) as a:
+        with pytest.raises(UsageError, match="unknown operation 'zap'"):
+            a.apply("zap")
+        with pytest.raises(UsageError, match="bad parameter 'keep'"):
+            a.apply("split", keep="style")  # a string where a list is due: refused, not iterated
+        with pytest.raises(UsageError, match="bad parameter 'colour'"):
+            a.apply("split", keep=["style"], colour="red")  # unknown names are errors, not no-ops
+        derived = a.apply("split", keep=["style"]).apply("convert", to="kohya")
+        ops = [(op.op, op.args) for op in derived.pending]
+        assert ops == [("split", {"keep": ["style"], "drop": [], "keep_blocks": []}),
+                       ("convert", {"from": "diffusers-old", "to": "kohya"})]

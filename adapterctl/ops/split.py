@@ -1,4 +1,4 @@
-"""Choosing which LoRA branches a split keeps."""
+"""The split op: keep only some branches, by role and/or by block selector."""
 
 from __future__ import annotations
 
@@ -7,11 +7,27 @@ from typing import TYPE_CHECKING
 from adapterctl.errors import UsageError
 from adapterctl.format.constants import ROLES
 from adapterctl.format.manifest import ModuleEntry
+from adapterctl.ops.base import Op, Params
 
 if TYPE_CHECKING:
     from adapterctl.adapter import Adapter
 
 _ROLE_WORDS = ROLES + ("untagged",)
+
+
+class SplitParams(Params):
+    keep: list[str] = []  # roles to keep ('untagged' allowed)
+    drop: list[str] = []  # roles to drop
+    keep_blocks: list[str] = []  # block/module selectors
+
+
+class Split(Op):
+    name = "split"
+    Params = SplitParams
+
+    def apply(self, adapter: "Adapter", params: SplitParams) -> dict:
+        return {"modules": select_entries(adapter, keep=params.keep, drop=params.drop,
+                                          keep_blocks=params.keep_blocks)}
 
 
 def select_entries(adapter: "Adapter", *, keep: list[str], drop: list[str], keep_blocks: list[str]) -> list[ModuleEntry]:
