@@ -62,17 +62,9 @@ def refuse_inputs(path: Path, inputs: Iterable[Path]) -> None:
 def check_output(path: Path, *, force: bool, inputs: Iterable[Path] = ()) -> None:
     """Refuse an output that exists (without force), is not a regular file or link, or is an input."""
     refuse_inputs(path, inputs)
-    st = _lstat(path)
-    if st is not None:
-        kind = stat.S_IFMT(st.st_mode)
-        if kind not in (stat.S_IFREG, stat.S_IFLNK):
-            raise UsageError(f"output path is {_KINDS.get(kind, 'not a regular file')}; adapterctl replaces only "
-                             "regular files", path=str(path), hint="choose another -o/--output")
-        if not force:
-            raise OutputExists("output exists", path=str(path), hint="pass --force to overwrite it")
-    parent = parent_of(path)
-    if not parent.is_dir():
-        raise InputNotFound("output directory does not exist", path=str(parent))
+    if _replaceable(path) and not force:
+        raise OutputExists("output exists", path=str(path), hint="pass --force to overwrite it")
+    _existing_parent(path)
 
 
 @contextmanager
@@ -93,7 +85,7 @@ def atomic_write(path: str | os.PathLike, *, force: bool = False, inputs: tuple[
                 os.fsync(fh.fileno())
             os.fchmod(fh.fileno(), 0o644 & ~_umask())
             if tmp is None:  # anonymous: give it a name only now
-                _link_anonymous(fh.fileno(), path, parent, force=force)
+                tmp = _link_anonymous(fh.fileno(), path, parent, force=force)
         if tmp is not None:
             _rename_named(tmp, path, force=force)
         if durable:
@@ -107,38 +99,31 @@ def atomic_write(path: str | os.PathLike, *, force: bool = False, inputs: tuple[
 def _open_temp(parent: Path, name: str) -> tuple[int, Optional[Path]]:
     """(fd, None) for an anonymous O_TMPFILE file; (fd, path) for a hidden named one."""
     flag = getattr(os, "O_TMPFILE", 0)
-    if flag and os.path.isdir("/proc/self/fd"):
-        try:
-            return os.open(parent, flag | os.O_RDWR, 0o600), None
-        except PermissionError:
-            raise InputNotFound("output directory is not writable", path=str(parent)) from None
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                raise
-    try:
+    with _writable(parent):
+        if flag and os.path.isdir("/proc/self/fd"):
+            try:
+                return os.open(parent, flag | os.O_RDWR, 0o600), None
+            except OSError as exc:
+                if isinstance(exc, PermissionError) or exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR,
+                                                                         errno.EINVAL, errno.ENOENT):
+                    raise
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name[:100]}.", suffix=TMP_SUFFIX, dir=parent)
-    except PermissionError:
-        raise InputNotFound("output directory is not writable", path=str(parent)) from None
     return fd, Path(tmp_name)
 
 
-def _link_anonymous(fd: int, path: Path, parent: Path, *, force: bool) -> None:
+def _link_anonymous(fd: int, path: Path, parent: Path, *, force: bool) -> Optional[Path]:
+    """Name an O_TMPFILE file. Without force, at ``path`` directly (None is returned: done); with
+    force, at a hidden name that ``_rename_named`` then moves over the old file."""
     if not force:
         # link() fails if the target appeared meanwhile, so a race cannot clobber a file.
         try:
             _name_fd(fd, path)
         except FileExistsError:
             raise OutputExists("output exists", path=str(path), hint="pass --force to overwrite it") from None
-        return
-    # Replacing needs a name to rename from; it exists only for the two calls below.
+        return None
     hidden = parent / f".{path.name[:100]}.{secrets.token_hex(6)}{TMP_SUFFIX}"
     _name_fd(fd, hidden)
-    try:
-        _refuse_special(path)
-        os.replace(hidden, path)
-    except BaseException:
-        hidden.unlink(missing_ok=True)
-        raise
+    return hidden
 
 
 def _name_fd(fd: int, path: Path) -> None:
@@ -153,7 +138,7 @@ def _name_fd(fd: int, path: Path) -> None:
 
 def _rename_named(tmp: Path, path: Path, *, force: bool) -> None:
     if force:
-        _refuse_special(path)
+        _replaceable(path)
         os.replace(tmp, path)
         return
     try:
@@ -167,12 +152,34 @@ def _rename_named(tmp: Path, path: Path, *, force: bool) -> None:
     tmp.unlink(missing_ok=True)
 
 
-def _refuse_special(path: Path) -> None:
-    # Checked again right before the rename: a FIFO or directory that appeared meanwhile stays.
+def _replaceable(path: Path) -> bool:
+    """Whether something is at ``path``; raise if it is what a file output may never replace.
+
+    Checked when the command starts and again right before the rename, so a FIFO or directory
+    that appeared meanwhile stays."""
     st = _lstat(path)
-    if st is not None and stat.S_IFMT(st.st_mode) not in (stat.S_IFREG, stat.S_IFLNK):
-        raise UsageError(f"output path is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}; "
-                         "adapterctl replaces only regular files", path=str(path))
+    if st is None:
+        return False
+    kind = stat.S_IFMT(st.st_mode)
+    if kind not in (stat.S_IFREG, stat.S_IFLNK):
+        raise UsageError(f"output path is {_KINDS.get(kind, 'not a regular file')}; adapterctl replaces only "
+                         "regular files", path=str(path), hint="choose another -o/--output")
+    return True
+
+
+def _existing_parent(path: Path) -> Path:
+    parent = parent_of(path)
+    if not parent.is_dir():
+        raise InputNotFound("output directory does not exist", path=str(parent))
+    return parent
+
+
+@contextmanager
+def _writable(parent: Path) -> Iterator[None]:
+    try:
+        yield
+    except PermissionError:
+        raise InputNotFound("output directory is not writable", path=str(parent)) from None
 
 
 def check_directory_output(path: Path, *, force: bool, inputs: Iterable[Path], allowed: frozenset[str]) -> None:
@@ -202,9 +209,7 @@ def check_directory_output(path: Path, *, force: bool, inputs: Iterable[Path], a
                 raise UsageError(f"refusing to replace a directory that holds '{clip(entry.name, 80)}'; --force "
                                  f"replaces only a directory holding nothing but {', '.join(sorted(allowed))}",
                                  path=str(path), hint="choose another -o/--output")
-    parent = parent_of(path)
-    if not parent.is_dir():
-        raise InputNotFound("output directory does not exist", path=str(parent))
+    _existing_parent(path)
 
 
 def _entries(path: Path) -> list[os.DirEntry]:
@@ -226,10 +231,8 @@ def atomic_directory(path: str | os.PathLike, *, force: bool, inputs: tuple[Path
     path = Path(path)
     check_directory_output(path, force=force, inputs=inputs, allowed=allowed)
     parent = parent_of(path)
-    try:
+    with _writable(parent):
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:100]}.", suffix=TMP_SUFFIX, dir=parent))
-    except PermissionError:
-        raise InputNotFound("output directory is not writable", path=str(parent)) from None
     try:
         yield staging
         if verify is not None:

@@ -74,21 +74,15 @@ def _refuse_nonfinite(adapter: "Adapter") -> None:
 
 def _reads_back(path: Path, arch: str):
     """Before the output gets its name: adapterctl must read it back, header, layout and manifest."""
-    def verify(fd: int) -> None:
-        _read_back(lambda: _open_fd(fd, path, arch))
-    return verify
+    from adapterctl.adapter import Adapter
+
+    return lambda fd: _read_back(lambda: Adapter.open_fd(fd, path, arch=arch))
 
 
 def _reads_back_dir(staging: Path) -> None:
     from adapterctl.adapter import Adapter
 
     _read_back(lambda: Adapter.open(staging))
-
-
-def _open_fd(fd: int, path: Path, arch: str):
-    from adapterctl.adapter import Adapter
-
-    return Adapter.open_fd(fd, path, arch=arch)
 
 
 def _read_back(opener) -> None:
