@@ -56,10 +56,6 @@ def display_path(path: str | os.PathLike) -> str:
     return escape(os.fsdecode(path))
 
 
-def is_safe(text: str) -> bool:
-    return _UNSAFE.search(text) is None
-
-
 def _escape_match(match: "re.Match[str]") -> str:
     return _escape_char(ord(match.group()))
 

@@ -9,7 +9,6 @@ from adapterctl.io.safetensors_file import SafetensorsFile
 _NUMPY = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_, "U16": np.uint16,
           "U32": np.uint32, "U64": np.uint64}
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 # Non-finite values by bit pattern: (unsigned view, exponent mask, value meaning inf or NaN).
 # An all-ones exponent is inf/NaN in the IEEE formats (F16, BF16, F32, F64, and 8-bit e5m2);
@@ -23,7 +22,6 @@ _NONFINITE = {
     "F32": ("<u4", 0x7F800000, 0x7F800000),
     "F64": ("<u8", 0x7FF0000000000000, 0x7FF0000000000000),
 }
-CHECKED_FLOAT_DTYPES = tuple(_NONFINITE)
 
 
 def _e4m3fn_table() -> np.ndarray:

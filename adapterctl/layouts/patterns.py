@@ -46,9 +46,6 @@ class PatternTable(Generic[V]):
         self._chunks: list[tuple[int, int, object]] = []
         self._cache: dict[str, Optional[int]] = {}
 
-    def __bool__(self) -> bool:
-        return bool(self.keys)
-
     def lookup(self, module_path: str, default: V) -> V:
         index = self.first_match(module_path)
         return default if index is None else self.values[index]
