@@ -66,25 +66,24 @@ class Adapter:
             from adapterctl.layouts.peft_dir import read_peft_dir
 
             file_path, peft_config = read_peft_dir(path)
-        st = SafetensorsFile(file_path)
-        try:
-            return cls._from_file(path, st, arch, peft_config)
-        except BaseException:
-            st.close()
-            raise
+        return cls._from_file(path, SafetensorsFile(file_path), arch, peft_config)
 
     @classmethod
     def open_fd(cls, fd: int, path, *, arch: Optional[str] = None) -> "Adapter":
         """Read an open safetensors file (``path`` is for messages): a writer checking its output."""
-        st = SafetensorsFile(path, fd=fd)
+        return cls._from_file(Path(path), SafetensorsFile(path, fd=fd), arch, None)
+
+    @classmethod
+    def _from_file(cls, path: Path, st: SafetensorsFile, arch_name, peft_config) -> "Adapter":
+        """The adapter over ``st``, which it then owns: closed here if reading fails."""
         try:
-            return cls._from_file(Path(path), st, arch, None)
+            return cls._read(path, st, arch_name, peft_config)
         except BaseException:
             st.close()
             raise
 
     @classmethod
-    def _from_file(cls, path: Path, st: SafetensorsFile, arch_name, peft_config) -> "Adapter":
+    def _read(cls, path: Path, st: SafetensorsFile, arch_name, peft_config) -> "Adapter":
         stored = _stored_manifest(st)
         arch = load_arch(arch_name or (stored.architecture if stored else _guess_arch(st)))
         if stored is not None and stored.architecture != arch.name:
