@@ -21,6 +21,8 @@ import pytest
 from _cli_helpers import REPO, run_cli, run_cli_batch
 from _fs_helpers import drop_file_caps
 
+from adapterctl.io.safetensors_file import SafetensorsFile
+
 VECTORS = REPO / "spec" / "vectors"
 GOOD_VECTOR = VECTORS / "valid_blora_old_diffusers.safetensors"
 
@@ -345,3 +347,30 @@ def test_derived_manifest_is_validated_like_a_read_one(tmp_path):
     assert r.rc == 2, r.stderr
     assert len(r.error_lines) == 1 and r.error_lines[0].startswith("error: tag would make an invalid adapter")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_output_header_over_the_cap_is_refused(tmp_path):
+    """A file whose header is just under safetensors' cap can grow past it when converted (kohya
+    adds alpha tensors and a manifest). The writer refuses (exit 5) instead of writing a file that
+    neither adapterctl nor safetensors can read; --strip-metadata is the way out."""
+    with SafetensorsFile(GOOD_VECTOR) as st:
+        header = {name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [t.start, t.end]}
+                  for name, t in st.tensors.items()}
+        data = st.read_range(st.data_start, st.size - st.data_start)
+    pad = 100_000_000 - len(json.dumps(header)) - 64
+    header["__metadata__"] = {"padding": "x" * pad}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    assert 99_990_000 < len(raw) <= 100_000_000
+    src = tmp_path / "in" / "nearcap.safetensors"
+    src.parent.mkdir()
+    src.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_cli("convert", src, "--to", "kohya", "-o", out / "k.safetensors", timeout=120)
+    assert r.rc == 5, r.stderr
+    assert len(r.error_lines) == 1 and "over the 100,000,000-byte cap" in r.stderr
+    assert list(out.iterdir()) == []
+    r = run_cli("convert", src, "--to", "kohya", "-o", out / "k.safetensors", "--strip-metadata", timeout=120)
+    assert r.rc == 0, r.stderr
+    assert [p.name for p in out.iterdir()] == ["k.safetensors"]
