@@ -16,7 +16,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from adapterctl import __version__
 from adapterctl.arch import ArchMap, known_architectures, load_arch
@@ -27,6 +27,7 @@ from adapterctl.format import roles as _roles
 from adapterctl.io import safe_json
 from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.layouts.read import ReadResult, read_layout
+from adapterctl.model.origins import BranchKey, Computed, FromInput, Origin, key_of
 from adapterctl.textsafe import clip
 
 # modelspec.architecture / ss_base_model_version values we know, mapped to architecture maps.
@@ -42,6 +43,7 @@ class SaveResult:
     bytes: int
     sha256: str
     source_sha256: Optional[str]
+    source_sha256s: tuple[str, ...] = ()  # every input's, in order (a merge has several)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class Adapter:
     peft_config: Optional[dict] = None
     source: SafetensorsFile = field(repr=False, default=None)
     pending: tuple[Operation, ...] = ()
+    # A derived adapter may draw on several files (a merge) and compute some branches (prune,
+    # merge): ``inputs`` are the opened inputs (empty: this adapter's own file is the only one),
+    # and ``origins`` says, per branch, which input to copy from or how to compute it.
+    inputs: tuple["Adapter", ...] = field(repr=False, default=())
+    origins: Mapping[BranchKey, Origin] = field(repr=False, default_factory=dict)
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -122,13 +129,32 @@ class Adapter:
     def blocks(self) -> dict[str, int]:
         return dict(Counter(e.block or "?" for e in self.manifest.modules))
 
+    def input_adapters(self) -> tuple["Adapter", ...]:
+        """The files this adapter's branches are drawn from, in provenance order."""
+        return self.inputs or (self,)
+
+    def origin(self, entry: ModuleEntry) -> Origin:
+        return self.origins.get(key_of(entry), FromInput(0))
+
+    def branch(self, entry: ModuleEntry):
+        """One plain branch's effective update, factored (``lowrank.Factored``, float64, with scale)."""
+        from adapterctl.model.factors import read_branch
+
+        origin = self.origin(entry)
+        if isinstance(origin, Computed):
+            return origin.produce()
+        source = self.input_adapters()[origin.index]
+        return read_branch(source.source, entry, path=source.path)
+
     def foreign_metadata(self) -> dict[str, str]:
         return {k: v for k, v in self.metadata.items() if k not in _OUR_KEYS}
 
     # -- operations ------------------------------------------------------------------------
-    def _derive(self, op: str, args: dict, **changes) -> "Adapter":
+    def _derive(self, op: str, args: dict, *, origins: Optional[Mapping[BranchKey, Origin]] = None,
+                inputs: Optional[tuple["Adapter", ...]] = None, **changes) -> "Adapter":
         stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-        operation = Operation(op=op, args=args, tool=f"adapterctl {__version__}", at=stamp)
+        operation = Operation(op=op, args=args, tool=f"adapterctl {__version__}", at=stamp,
+                              inputs=list(range(len(inputs))) if inputs else None)
         # model_copy(update=...) skips validators; a derived manifest must pass the same checks
         # as one read from a file (e.g. two branches of one module may not end with one role).
         from pydantic import ValidationError
@@ -139,7 +165,12 @@ class Adapter:
             msg = str(exc.errors()[0].get("msg")).removeprefix("Value error, ")
             raise UsageError(f"{op} would make an invalid adapter: {clip(msg, 300)}",
                              hint="a module with two roles keeps two branches; give each its own role") from None
-        return replace(self, manifest=manifest, pending=self.pending + (operation,))
+        derived = replace(self, manifest=manifest, pending=self.pending + (operation,))
+        if inputs is not None:
+            derived = replace(derived, inputs=inputs)
+        if origins is not None:
+            derived = replace(derived, origins={**self.origins, **origins})
+        return derived
 
     def tag(self, *, preset: Optional[str] = None, roles: Iterable[str | RoleRule] = (),
             clear: bool = False) -> "Adapter":
@@ -173,6 +204,8 @@ class Adapter:
         return save_adapter(self, Path(path), force=force, strip_foreign=strip_foreign, durable=durable)
 
     def close(self) -> None:
+        for adapter in self.inputs:
+            adapter.close()
         if self.source is not None:
             self.source.close()
 

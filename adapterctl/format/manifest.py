@@ -81,9 +81,11 @@ class RoleRule(_Strict):
 
 class Operation(_Strict):
     op: str
-    args: dict[str, str | int | float | bool | list[str] | None] = Field(default_factory=dict)
+    args: dict[str, str | int | float | bool | list[str] | list[float] | None] = Field(default_factory=dict)
     tool: str = Field(description="'adapterctl <version>' or another tool's name")
     at: str = Field(description="UTC timestamp, ISO 8601")
+    inputs: Optional[list[int]] = Field(None, description="For an operation that read several files (merge): "
+                                                         "their indices in provenance.sources, in argument order.")
 
 
 class Source(_Strict):

@@ -87,3 +87,25 @@ class FiniteCheck:
         found = nonfinite_in_bytes(data, dtype)
         if found:
             self.bad[name] = self.bad.get(name, 0) + found
+
+
+# dtypes a computed tensor can be written in; others (integers, 8-bit floats) are not LoRA factor dtypes
+# worth rounding into, and a computed factor in one of them is written as F32 instead.
+WRITABLE_FLOATS = ("F16", "BF16", "F32", "F64")
+
+
+def writable_dtype(dtype: str) -> str:
+    return dtype if dtype in WRITABLE_FLOATS else "F32"
+
+
+def to_bytes(arr: np.ndarray, dtype: str) -> bytes:
+    """Little-endian bytes of ``arr`` in a safetensors float dtype; bf16 rounds to nearest even."""
+    if dtype == "BF16":
+        bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
+        rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))
+        # NaN must stay NaN (rounding could carry it into inf): keep its top half as is.
+        rounded = np.where((bits & 0x7F800000) == 0x7F800000, bits, rounded)
+        return (rounded >> 16).astype("<u2").tobytes()
+    if dtype not in ("F16", "F32", "F64"):
+        raise ValueError(f"cannot write computed values as {dtype}")
+    return np.ascontiguousarray(arr, dtype=np.dtype(_NUMPY[dtype]).newbyteorder("<")).tobytes()
