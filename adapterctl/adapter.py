@@ -62,6 +62,7 @@ class Adapter:
     # and ``origins`` says, per branch, which input to copy from or how to compute it.
     inputs: tuple["Adapter", ...] = field(repr=False, default=())
     origins: Mapping[BranchKey, Origin] = field(repr=False, default_factory=dict)
+    report: Optional[object] = field(repr=False, default=None)  # what the last op measured (prune, merge)
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -151,7 +152,8 @@ class Adapter:
 
     # -- operations ------------------------------------------------------------------------
     def _derive(self, op: str, args: dict, *, origins: Optional[Mapping[BranchKey, Origin]] = None,
-                inputs: Optional[tuple["Adapter", ...]] = None, **changes) -> "Adapter":
+                inputs: Optional[tuple["Adapter", ...]] = None, report: Optional[object] = None,
+                **changes) -> "Adapter":
         stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
         operation = Operation(op=op, args=args, tool=f"adapterctl {__version__}", at=stamp,
                               inputs=list(range(len(inputs))) if inputs else None)
@@ -165,7 +167,7 @@ class Adapter:
             msg = str(exc.errors()[0].get("msg")).removeprefix("Value error, ")
             raise UsageError(f"{op} would make an invalid adapter: {clip(msg, 300)}",
                              hint="a module with two roles keeps two branches; give each its own role") from None
-        derived = replace(self, manifest=manifest, pending=self.pending + (operation,))
+        derived = replace(self, manifest=manifest, pending=self.pending + (operation,), report=report)
         if inputs is not None:
             derived = replace(derived, inputs=inputs)
         if origins is not None:
@@ -190,6 +192,16 @@ class Adapter:
         if to not in WRITABLE_LAYOUTS:  # before the params model, for the friendlier message
             raise UsageError(f"unknown target layout '{to}'", hint=f"choose one of: {', '.join(WRITABLE_LAYOUTS)}")
         return self.apply("convert", to=to)
+
+    def prune(self, *, rank: Optional[int] = None, conv_rank: Optional[int] = None, dynamic: Optional[str] = None,
+              param: Optional[float] = None, columns: Optional[float] = None, energy: Optional[float] = None,
+              keep_blocks: Iterable[str] = (), scale_blocks: Iterable[str] = (),
+              copy_smaller: bool = False) -> "Adapter":
+        """Truncate ranks (fixed or dynamic), keep the strongest columns, keep or scale blocks.
+        The derived adapter's ``report`` holds the retained energy per module and block."""
+        return self.apply("prune", rank=rank, conv_rank=conv_rank, dynamic=dynamic, param=param, columns=columns,
+                          energy=energy, keep_blocks=list(keep_blocks), scale_blocks=list(scale_blocks),
+                          copy_smaller=copy_smaller)
 
     def apply(self, op: str, **params) -> "Adapter":
         """Run a registered operation by name (see ``adapterctl.ops.registry``)."""

@@ -210,7 +210,7 @@ def test_operations_are_registered_units_with_typed_parameters():
     writes the provenance record from them."""
     from adapterctl.ops import registry
 
-    assert registry.names() == ["tag", "split", "convert"]
+    assert registry.names() == ["tag", "split", "convert", "prune"]
     with adapterctl.open(HERE / BLORA) as a:
         with pytest.raises(UsageError, match="unknown operation 'zap'"):
             a.apply("zap")

@@ -14,7 +14,7 @@ import warnings
 import typer
 
 from adapterctl import __version__
-from adapterctl.cli import convert, demo, inspect, split, tag, validate
+from adapterctl.cli import convert, demo, inspect, prune, split, tag, validate
 
 app = typer.Typer(
     name="adapterctl",
@@ -31,7 +31,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (inspect, validate, tag, split, convert, demo):
+for module in (inspect, validate, tag, split, convert, prune, demo):
     module.register(app)
 
 

@@ -38,7 +38,8 @@ class Op(ABC):
 
     @abstractmethod
     def apply(self, adapter: "Adapter", params: Params) -> dict[str, Any]:
-        """The manifest fields this op changes (``modules``, ``layout``, ``preset``...)."""
+        """The manifest fields this op changes (``modules``, ``layout``, ``preset``...), plus, for
+        ops that compute, ``origins`` (branch key -> model.origins.Computed) and ``report``."""
 
     def record(self, adapter: "Adapter", params: Params) -> dict[str, Any]:
         """Arguments for the provenance record: the validated parameters, plus what an op adds."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 from adapterctl.errors import UsageError
 from adapterctl.ops.base import Op
 from adapterctl.ops.convert import Convert
+from adapterctl.ops.prune import Prune
 from adapterctl.ops.split import Split
 from adapterctl.ops.tag import Tag
 
-OPS: list[Op] = [Tag(), Split(), Convert()]
+OPS: list[Op] = [Tag(), Split(), Convert(), Prune()]
 
 
 def get(name: str) -> Op:

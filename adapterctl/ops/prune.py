@@ -1,0 +1,216 @@
+"""The prune op: smaller adapters with a known error.
+
+- ``rank`` / ``conv_rank``, or ``dynamic`` with ``param``: Eckart-Young truncation of each
+  branch's effective update, through the QR core (lowrank/), never a dense matrix. The scale a
+  loader applies is kept, so the output's update is exactly the truncated one in every layout.
+  Dynamic rules follow kohya's resize_lora: sv_ratio keeps singular values >= s_max / param;
+  sv_fro keeps the fewest whose Frobenius share sqrt(sum s_i^2 / sum s^2) reaches param;
+  sv_cumulative the fewest whose share of sum s reaches param. ``rank`` then caps the result.
+- ``columns`` (a fraction) or ``energy`` (a share of ||delta_W||^2): keep the input features
+  (columns of delta_W; input channels of a conv) with the largest norms, zero the rest in ``down``.
+- ``keep_blocks`` drops the other blocks; ``scale_blocks`` multiplies blocks' updates (a weight
+  goes into alpha, so the factor bytes are copied unchanged; weight 0 drops the branch).
+
+Each pruned branch is planned here (its singular values decide its rank) and computed again
+when written, one module at a time; a branch whose rank would not change is copied byte for byte.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal, Optional
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from adapterctl.errors import UnsupportedConversion, UsageError
+from adapterctl.format.manifest import ModuleEntry
+from adapterctl.io.arrays import writable_dtype
+from adapterctl.lowrank import Factored
+from adapterctl.model.origins import Computed, key_of
+from adapterctl.ops.base import Op, Params
+from adapterctl.ops.block_weights import parse_block_weights
+from adapterctl.ops.energy import EnergyReport
+from adapterctl.textsafe import clip
+
+if TYPE_CHECKING:
+    from adapterctl.adapter import Adapter
+
+Dynamic = Literal["sv_ratio", "sv_fro", "sv_cumulative"]
+
+
+class PruneParams(Params):
+    rank: Optional[int] = Field(None, ge=1)
+    conv_rank: Optional[int] = Field(None, ge=1)
+    dynamic: Optional[Dynamic] = None
+    param: Optional[float] = Field(None, gt=0)
+    columns: Optional[float] = Field(None, gt=0, le=1)
+    energy: Optional[float] = Field(None, gt=0, le=1)
+    keep_blocks: list[str] = []
+    scale_blocks: list[str] = []
+    copy_smaller: bool = False  # a branch already at or below the target rank is copied, not an error
+
+    @model_validator(mode="after")
+    def _coherent(self):
+        if (self.dynamic is None) != (self.param is None):
+            raise ValueError("--dynamic and --param go together")
+        if self.dynamic == "sv_ratio" and self.param < 1:
+            raise ValueError("sv_ratio's --param is a ratio s_max / s_min, at least 1")
+        if self.dynamic in ("sv_fro", "sv_cumulative") and self.param > 1:
+            raise ValueError(f"{self.dynamic}'s --param is a share, at most 1")
+        if self.columns is not None and self.energy is not None:
+            raise ValueError("--columns and --energy are exclusive")
+        if not (self.rank or self.conv_rank or self.dynamic or self.columns or self.energy
+                or self.keep_blocks or self.scale_blocks):
+            raise ValueError("nothing to prune: pass --rank, --dynamic, --columns, --energy, --keep-blocks "
+                             "or --scale-blocks")
+        return self
+
+    @property
+    def reshapes(self) -> bool:
+        return bool(self.rank or self.conv_rank or self.dynamic or self.columns or self.energy)
+
+
+class Prune(Op):
+    name = "prune"
+    Params = PruneParams
+
+    def apply(self, adapter: "Adapter", params: PruneParams) -> dict:
+        entries = _kept(adapter, params)
+        if not params.reshapes:
+            return {"modules": entries}
+        _refuse_unprunable(adapter, entries)
+        report = EnergyReport(adapter.arch)
+        out: list[ModuleEntry] = []
+        origins = {}
+        for entry in entries:
+            tails = _tails(adapter, entry)
+            if params.dynamic:  # the singular values decide the rank, so they are needed now
+                branch = adapter.branch(entry)
+                k = _target_rank(entry, _columns(branch, tails, params).singular_values(), params)
+            else:  # a fixed rank: nothing is read until the branch is written
+                k = _target_rank(entry, None, params)
+            if k == entry.rank and params.columns is None and params.energy is None:
+                # Nothing changes: copied byte for byte, and counted whole.
+                norm = adapter.branch(entry).frobenius_norm() ** 2
+                report.add(entry, rank_in=entry.rank, rank_out=k, total=norm, retained=norm)
+                out.append(entry)
+                continue
+            new = _resized(entry, k)
+            origins[key_of(new)] = Computed(_producer(adapter, entry, params, k, tails, report), *tails)
+            out.append(new)
+        return {"modules": out, "origins": origins, "report": report}
+
+    def record(self, adapter: "Adapter", params: PruneParams) -> dict:
+        return {k: v for k, v in params.model_dump().items() if v not in (None, [], False)}
+
+
+def _kept(adapter: "Adapter", params: PruneParams) -> list[ModuleEntry]:
+    entries = list(adapter.manifest.modules)
+    if params.keep_blocks:
+        from adapterctl.ops.split import select_entries
+
+        entries = select_entries(adapter, keep=[], drop=[], keep_blocks=params.keep_blocks)
+    for spec in params.scale_blocks:
+        weights = parse_block_weights(adapter.arch, spec, flag="--scale-blocks")
+        scaled = []
+        for e in entries:
+            w = weights.weight(adapter.arch, e.module)
+            if w == 0:
+                continue
+            scaled.append(e if w == 1 else e.model_copy(update={"alpha": e.alpha * w, "scale": e.scale * w}))
+        entries = scaled
+    if not entries:
+        raise UsageError("the selection keeps no branches")
+    return entries
+
+
+def _refuse_unprunable(adapter: "Adapter", entries: list[ModuleEntry]) -> None:
+    if adapter.read.lycoris:
+        raise UnsupportedConversion(f"LyCORIS tensors ({', '.join(sorted(adapter.read.lycoris))}) are not plain "
+                                    "LoRA factors; prune reads only LoRA/LoCon")
+    for e in entries:
+        if e.role == "expert":
+            raise UnsupportedConversion(f"'{clip(e.module, 120)}' holds experts; prune works on plain branches",
+                                        hint="collapse them first: adapterctl merge FILE --method experts --mix ...")
+        if e.dora:
+            raise UnsupportedConversion(f"'{clip(e.module, 120)}' is DoRA: its magnitude is tied to the update's "
+                                        "column norms, so a truncated update would change more than its rank")
+
+
+def _target_rank(entry: ModuleEntry, sv: Optional[np.ndarray], params: PruneParams) -> int:
+    cap = params.conv_rank if entry.kind == "conv" and params.conv_rank else params.rank
+    if params.dynamic:
+        k = _dynamic_rank(sv, params.dynamic, params.param)
+        return max(1, min(k, cap or k, entry.rank))
+    if cap is None:
+        return entry.rank  # columns/energy only
+    if cap > entry.rank and not params.copy_smaller:
+        flag = "--conv-rank" if entry.kind == "conv" and params.conv_rank else "--rank"
+        raise UsageError(f"{flag} {cap} is larger than the rank {entry.rank} of '{clip(entry.module, 120)}'; "
+                         "nothing to truncate", hint="pass --copy-smaller to copy such branches unchanged")
+    return min(cap, entry.rank)
+
+
+def _dynamic_rank(sv: np.ndarray, rule: str, param: float) -> int:
+    if sv.size == 0 or sv[0] <= 0:
+        return 1
+    if rule == "sv_ratio":
+        return int(np.sum(sv >= sv[0] / param))
+    if rule == "sv_fro":
+        share = np.sqrt(np.cumsum(sv ** 2) / np.sum(sv ** 2))
+    else:
+        share = np.cumsum(sv) / np.sum(sv)
+    return int(np.searchsorted(share, param - 1e-12) + 1)
+
+
+def _columns(branch: Factored, tails, params: PruneParams) -> Factored:
+    """The branch with only its strongest input features (ΔW columns) kept; itself when not asked."""
+    if params.columns is None and params.energy is None:
+        return branch
+    gram = branch.up.T @ branch.up  # [r, r]: ||up @ down[:, j]||^2 = down[:, j]^T gram down[:, j]
+    norms2 = np.einsum("ij,ik,kj->j", branch.down, gram, branch.down) * branch.scale ** 2
+    # A conv's down is [r, in, kh, kw], flattened to [r, in*kh*kw]: an input channel's kh*kw
+    # columns are one feature, kept or dropped together.
+    groups = tails[0][0]
+    per_feature = norms2.reshape(groups, -1).sum(axis=1)  # conv: an input channel's kh*kw columns together
+    order = np.argsort(per_feature)[::-1]
+    if params.columns is not None:
+        keep = max(1, math.ceil(params.columns * groups))
+    else:
+        share = np.cumsum(per_feature[order]) / max(float(per_feature.sum()), np.finfo(float).tiny)
+        keep = int(np.searchsorted(share, params.energy - 1e-12) + 1)
+    mask = np.zeros(groups, dtype=bool)
+    mask[order[:min(keep, groups)]] = True
+    down = branch.down * np.repeat(mask, branch.down.shape[1] // groups)[None, :]
+    return Factored(branch.up, down, branch.scale)
+
+
+def _resized(entry: ModuleEntry, k: int) -> ModuleEntry:
+    """The entry for a computed branch of rank k that a loader applies with the same scale."""
+    alpha = entry.scale * (math.sqrt(k) if entry.rslora else k)
+    return entry.model_copy(update={"rank": k, "alpha": alpha, "dtype": writable_dtype(entry.dtype),
+                                    "alpha_dtype": entry.alpha_dtype, "dora": False})
+
+
+def _tails(adapter: "Adapter", entry: ModuleEntry) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The stored factor shapes after the rank axis: (in,) or (in, kh, kw), and () or (1, 1)."""
+    origin = adapter.origin(entry)
+    if isinstance(origin, Computed):
+        return origin.down_tail, origin.up_tail
+    src = adapter.input_adapters()[origin.index]
+    down = src.source.tensors[entry.tensors.down].shape
+    up = src.source.tensors[entry.tensors.up].shape
+    return tuple(down[1:]), tuple(up[2:])
+
+
+def _producer(adapter: "Adapter", entry: ModuleEntry, params: PruneParams, k: int, tails, report: EnergyReport):
+    """Computes the branch when the writer reaches it, and records what it kept."""
+    def produce() -> Factored:
+        branch = adapter.branch(entry)
+        kept = _columns(branch, tails, params)
+        out, sv = kept.truncated(k)
+        total = float(np.sum(sv ** 2)) if kept is branch else branch.frobenius_norm() ** 2
+        report.add(entry, rank_in=entry.rank, rank_out=k, total=total, retained=float(np.sum(sv[:k] ** 2)))
+        return out
+    return produce
