@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["open", "Adapter", "AdapterError", "__version__"]
+__all__ = ["open", "merge", "merge_methods", "Adapter", "AdapterError", "__version__"]
 
 
 def open(path, *, arch: str | None = None):  # noqa: A001 - mirrors the builtin on purpose
@@ -15,6 +15,21 @@ def open(path, *, arch: str | None = None):  # noqa: A001 - mirrors the builtin 
     from adapterctl.adapter import Adapter
 
     return Adapter.open(path, arch=arch)
+
+
+def merge(adapters, method: str, **options):
+    """Merge opened adapters into a derived one; ``save`` computes and writes it. See
+    ``adapterctl.ops.merge.merge`` for the options and ``merge_methods()`` for the methods."""
+    from adapterctl.ops.merge import merge as _merge
+
+    return _merge(adapters, method, **options)
+
+
+def merge_methods() -> dict[str, str]:
+    """Registered merge methods: name -> one-line summary."""
+    from adapterctl.ops.registry import METHODS
+
+    return {m.name: m.summary for m in METHODS}
 
 
 def __getattr__(name: str):

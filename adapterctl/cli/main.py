@@ -14,11 +14,12 @@ import warnings
 import typer
 
 from adapterctl import __version__
-from adapterctl.cli import convert, demo, inspect, prune, split, tag, validate
+from adapterctl.cli import convert, demo, inspect, merge, prune, split, tag, validate
 
 app = typer.Typer(
     name="adapterctl",
-    help="Typed LoRA adapter files for diffusion models: inspect, validate, tag, split and convert them.\n\n"
+    help="Typed LoRA adapter files for diffusion models: inspect, validate, tag, split, convert, merge and "
+         "prune them.\n\n"
          "Examples:\n\n"
          "  adapterctl inspect blora.safetensors\n\n"
          "  adapterctl split blora.safetensors --keep style -o style.safetensors\n\n"
@@ -31,7 +32,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (inspect, validate, tag, split, convert, prune, demo):
+for module in (inspect, validate, tag, split, convert, merge, prune, demo):
     module.register(app)
 
 

@@ -1,0 +1,184 @@
+"""adapterctl merge: combine adapters into one: ZipLoRA (data-free), NP-LoRA, exact sums, SVD, TIES/DARE, experts.
+
+Every method works one module at a time and never holds the whole model: cat/linear/zip/np are
+exact in low rank (the factors are concatenated, mergers and projections folded in), svd
+compresses the exact sum by a low-rank SVD, ties/dare build one module's dense update at a time.
+For zip and np the content and style inputs are picked by their roles (a B-LoRA file holds
+both: content comes from the first input, style from the second); untagged files need
+--content FILE --style FILE. Modules only one input has are copied unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from adapterctl.cli._write import Extras, default_output, save_and_report
+from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, JsonOpt, OutputOpt, QuietOpt
+from adapterctl.cli.output import Output
+from adapterctl.cli.prune import ReportOpt
+from adapterctl.cli.split import _words
+
+PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Also draw block x metric heatmaps (PNG; needs "
+                                                                "Pillow: pip install 'adapterctl[plot]').",
+                                                 dir_okay=False)]
+_FileOpt = dict(show_default=False, readable=False, dir_okay=True)
+
+
+def register(app: typer.Typer) -> None:
+    doc = __doc__.split(":", 1)[1]
+    app.command("merge", help=doc.split("\n\n")[0].strip() + "\n\n" + doc.split("\n\n", 1)[1].strip() + "\n\n"
+                "Examples:\n\n"
+                "  adapterctl merge --list\n\n"
+                "  adapterctl merge dog.safetensors painting.safetensors --method zip --report zip.json\n\n"
+                "  adapterctl merge --content dog.safetensors --style painting.safetensors --method np\n\n"
+                "  adapterctl merge a.safetensors b.safetensors --method svd --rank 64 --weights 1,0.7\n\n"
+                "  adapterctl merge styleinject.safetensors --method experts --mix 0.5,0.3,0.2")(merge_cmd)
+
+
+def merge_cmd(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Input adapters (.safetensors or peft dirs).",
+                                                          show_default=False, readable=False)] = None,
+    method: Annotated[Optional[str], typer.Option("--method", "-m", help="Merge method (see --list).")] = None,
+    list_methods: Annotated[bool, typer.Option("--list", help="List the merge methods and exit.")] = False,
+    content: Annotated[Optional[Path], typer.Option("--content", help="The content input (zip, np).",
+                                                    **_FileOpt)] = None,
+    style: Annotated[Optional[Path], typer.Option("--style", help="The style input (zip, np).", **_FileOpt)] = None,
+    pick_roles: Annotated[bool, typer.Option("--pick-roles", help="Take content from one input and style from "
+                                                                  "the other, as zip does, for any method.")] = False,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="One weight per input, e.g. 1,0.7.")] = None,
+    block_weights: Annotated[Optional[list[str]], typer.Option(
+        "--block-weights", help="12/20 LBW weights, a preset, or BLOCK=W,...; once for all inputs or once "
+                                "per input.")] = None,
+    rank: Annotated[Optional[int], typer.Option("--rank", help="Output rank (svd, ties, dare).")] = None,
+    density: Annotated[Optional[float], typer.Option("--density", help="Share of entries kept (ties, dare).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random masks (dare).")] = None,
+    lam: Annotated[Optional[float], typer.Option("--lambda", help="Merger-overlap penalty (zip).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Most optimiser steps per module (zip).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Merger learning rate (zip).")] = None,
+    axis: Annotated[Optional[str], typer.Option("--axis", help="What zip's mergers scale: input or output.")] = None,
+    mu: Annotated[Optional[float], typer.Option("--mu", help="Projection strength (np).")] = None,
+    project: Annotated[Optional[str], typer.Option("--project", help="Which update np projects: content or "
+                                                                     "style.")] = None,
+    mix: Annotated[Optional[str], typer.Option("--mix", help="Expert weights W1,...,Wn (experts).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(
+        "--calibration", help="safetensors of mean router inputs per module (experts).", **_FileOpt)] = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="Output layout: kohya, diffusers or peft "
+                                                           "(default: the first input's).")] = None,
+    report: ReportOpt = None,
+    plot: PlotOpt = None,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    fsync: FsyncOpt = False,
+    arch: ArchOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from adapterctl.errors import UsageError
+
+    out = Output(json_mode=json_out, quiet=quiet)
+    if list_methods:
+        _list(out)
+        return
+    if method is None:
+        raise UsageError("which method? pass --method NAME", hint="adapterctl merge --list")
+    inputs = list(paths or [])
+    pair = None
+    if content is not None or style is not None:
+        if content is None or style is None or inputs:
+            raise UsageError("--content and --style go together, and replace the positional inputs")
+        inputs, pair = [content, style], (0, 1)
+    if not inputs:
+        raise UsageError("no inputs", hint="adapterctl merge A.safetensors B.safetensors --method cat")
+    options = {"rank": rank, "density": density, "seed": seed, "lam": lam, "steps": steps, "lr": lr,
+               "axis": axis, "mu": mu, "project": project, "mix": _numbers(mix, "--mix"),
+               "calibration": str(calibration) if calibration is not None else None}
+    from adapterctl.adapter import Adapter
+    from adapterctl.ops.merge import merge
+
+    opened = []
+    try:
+        for p in inputs:
+            opened.append(Adapter.open(p, arch=arch))
+        merged = merge(opened, method, weights=_numbers(weights, "--weights"), block_weights=block_weights or [],
+                       content=pair[0] if pair else None, style=pair[1] if pair else None, pick_roles=pick_roles,
+                       to=to, measure_quality=report is not None or plot is not None, **options)
+        for note in merged.report.notes:
+            out.note(note)
+        target = output or _default_output(inputs, method, to)
+        extras = Extras(report=report, plot=plot, summary=_summary,
+                        document=lambda a: a.report.to_dict() if a.report is not None and a.report.measured else None,
+                        draw=_draw)
+        save_and_report(out, merged, target, force=force, strip_metadata=False, fsync=fsync, extras=extras)
+    finally:
+        for a in opened:
+            a.close()
+
+
+def _default_output(inputs: list[Path], method: str, to: Optional[str]) -> Path:
+    stem = "+".join(p.name if p.is_dir() else p.stem for p in inputs[:3])
+    return default_output(inputs[0].parent / stem, method, directory=to == "peft")
+
+
+def _numbers(text: Optional[str], flag: str) -> Optional[list[float]]:
+    from adapterctl.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated numbers, got '{text}'") from None
+
+
+def _list(out: Output) -> None:
+    from adapterctl.ops.registry import METHODS
+
+    rows = [{"name": m.name, "inputs": m.inputs, "parameters": list(m.Params.model_fields), "summary": m.summary}
+            for m in METHODS]
+
+    def render(console, data):
+        from rich.table import Table
+
+        table = Table(title="Merge methods", title_justify="left")
+        for col in ("method", "inputs", "parameters", "what it does"):
+            table.add_column(col)
+        for r in data["methods"]:
+            table.add_row(r["name"], r["inputs"], ", ".join(r["parameters"]) or "-", r["summary"])
+        console.print(table)
+
+    out.result({"ok": True, "methods": rows}, render)
+
+
+_SHOWN = (("interference", "interference"), ("interference_direct", "direct merge"), ("ratio", "ratio"),
+          ("paired_column_cosine", "column cos"), ("row_overlap", "row overlap"))
+
+
+def _summary(console, document: dict) -> None:
+    from rich.table import Table
+
+    from adapterctl.cli.output import plain
+
+    table = Table(title=f"Merge quality proxies ({plain(document['method'])}; lower interference is better)",
+                  title_justify="left")
+    table.add_column("block")
+    table.add_column("modules", justify="right")
+    for _, label in _SHOWN:
+        table.add_column(label, justify="right")
+    for row in document["blocks"] + [dict(document["overall"], block="all")]:
+        table.add_row(plain(str(row["block"])), str(row["modules"]),
+                      *(f"{row[key]:.4f}" if isinstance(row.get(key), float) else "-" for key, _ in _SHOWN))
+    console.print(table)
+
+
+def _draw(document: dict, path: Path, *, force: bool, inputs) -> None:
+    from adapterctl.io.atomic import atomic_write
+    from adapterctl.ops.merge_report import BLOCK_METRICS
+    from adapterctl.plot import block_heatmap_png
+
+    png = block_heatmap_png(document["blocks"], [(k, k.replace("_", " ")) for k in BLOCK_METRICS],
+                            title=f"merge --method {document['method']}: quality proxies per block")
+    with atomic_write(path, force=force, inputs=tuple(inputs)) as fh:
+        fh.write(png)

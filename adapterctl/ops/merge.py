@@ -1,0 +1,289 @@
+"""Merging several adapters into one: pairing branches by module, roles, weights, and the plan.
+
+    merged = adapterctl.merge([a, b], method="zip")      # Adapter; nothing is computed yet
+    merged.save("out.safetensors")                        # each merged module computed, written, freed
+    merged.report.to_dict()                               # what was measured, once saved
+
+Per module, the parts are the inputs' branches on it (after role picking). Two or more parts are
+merged by the method, one module at a time when the writer reaches it; a single part is copied
+byte for byte, its weight going into alpha. The output has one branch per module, so every
+layout can hold it; a merged branch has scale 1 (alpha = rank) and no role unless all its parts
+had the same one. Foreign metadata of the inputs is not carried over: it describes them, not
+the merge. Provenance lists every input and the merge (format/manifest.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from pydantic import ValidationError
+
+from adapterctl.errors import UnsupportedConversion, UsageError
+from adapterctl.format.constants import WRITABLE_LAYOUTS
+from adapterctl.format.manifest import ModuleEntry
+from adapterctl.io.arrays import writable_dtype
+from adapterctl.model.origins import Computed, FromInput, key_of
+from adapterctl.ops.block_weights import BlockWeights, parse_block_weights
+from adapterctl.ops.merge_report import MergeReport, measure
+from adapterctl.ops.methods.base import MergeMethod
+from adapterctl.textsafe import clip
+
+if TYPE_CHECKING:
+    from adapterctl.adapter import Adapter
+
+_PICK = {"content": ("content", None), "style": ("style", None)}  # roles a picked input contributes
+
+
+def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Sequence[float]] = None,
+          block_weights: Sequence[str] = (), content: Optional[int] = None, style: Optional[int] = None,
+          pick_roles: bool = False, to: Optional[str] = None, measure_quality: bool = False,
+          **method_params) -> "Adapter":
+    """A derived adapter that merges ``adapters`` with ``method`` (see ``merge_methods()``).
+
+    ``content``/``style``: indices of the inputs to take those roles from (pair methods pick them
+    from the roles when not given). ``pick_roles``: take roles that way for other methods too.
+    ``measure_quality``: also compute the interference proxies into ``report``."""
+    from adapterctl.ops.registry import method as find_method
+
+    meth = find_method(method)
+    params = _params(meth, method_params)
+    adapters = list(adapters)
+    _check_inputs(meth, adapters)
+    arch = adapters[0].arch
+    target = _target_layout(adapters[0], to)
+    w = _weights(meth, weights, len(adapters))
+    per_input_blocks = _block_weights(arch, block_weights, len(adapters))
+    report = MergeReport(arch, meth.name, [clip(a.path.name, 200) for a in adapters], measured=measure_quality)
+    chosen = _choose(meth, adapters, content, style, pick_roles, report)
+    calibration = _calibration(params, adapters) if meth.inputs == "one" else None
+
+    groups: dict[str, list[tuple[int, ModuleEntry]]] = {}
+    for index, entries in enumerate(chosen):
+        for entry in entries:
+            groups.setdefault(entry.module, []).append((index, entry))
+    if meth.inputs == "pair" and not any(len({i for i, _ in parts}) == 2 for parts in groups.values()):
+        raise UsageError(f"{meth.name}: the content and style branches share no module, so there is nothing to merge",
+                         hint="B-LoRA keeps content and style in different blocks; to combine such files as they "
+                              "are, use --method cat --pick-roles")
+
+    out: list[ModuleEntry] = []
+    origins = {}
+    for module, parts in groups.items():
+        factors = [w[i] * per_input_blocks[i].weight(arch, module) for i, _ in parts]
+        if meth.inputs == "one" or len(parts) > 1:
+            entry, origin = _computed(meth, params, arch, adapters, module, parts, factors, report, calibration)
+            out.append(entry)
+            origins[key_of(entry)] = origin
+            continue
+        (index, entry), factor = parts[0], factors[0]
+        if factor == 0:
+            continue
+        report.copied += 1
+        copied = entry if factor == 1 else entry.model_copy(update={"alpha": entry.alpha * factor,
+                                                                    "scale": entry.scale * factor})
+        out.append(copied)
+        origins[key_of(copied)] = FromInput(index)
+    if not out:
+        raise UsageError("the merge keeps no branches (every weight is 0)")
+
+    base = replace(adapters[0], pending=(), origins={}, inputs=(), metadata={}, report=None)
+    args = {"method": meth.name, "inputs": [clip(a.path.name, 200) for a in adapters], "weights": list(w),
+            "block_weights": list(block_weights), **_args(params)}
+    return base._derive("merge", args, inputs=tuple(adapters), origins=origins, report=report,
+                        modules=out, layout=target, method="ziplora" if meth.name == "zip" else "merged",
+                        preset=None, role_rules=[])
+
+
+def _params(meth: MergeMethod, given: dict):
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        return meth.Params(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        if err.get("type") == "extra_forbidden":
+            accepted = ", ".join(meth.Params.model_fields) or "none"
+            raise UsageError(f"merge --method {meth.name} does not take '{where}'",
+                             hint=f"its parameters: {accepted}") from None
+        msg = str(err.get("msg")).removeprefix("Value error, ")
+        raise UsageError(f"merge --method {meth.name}: {where + ': ' if where else ''}{msg}") from None
+
+
+def _args(params) -> dict:
+    out = {}
+    for k, v in params.model_dump().items():
+        if v is None:
+            continue
+        out[k] = [float(x) for x in v] if isinstance(v, list) else v
+    return out
+
+
+def _check_inputs(meth: MergeMethod, adapters: list["Adapter"]) -> None:
+    need = {"one": (1, 1), "pair": (2, 2), "many": (2, 1 << 16)}[meth.inputs]
+    if not need[0] <= len(adapters) <= need[1]:
+        count = {"one": "one input", "pair": "two inputs (content and style)", "many": "two or more inputs"}
+        raise UsageError(f"merge --method {meth.name} takes {count[meth.inputs]}, got {len(adapters)}")
+    archs = {a.arch.name for a in adapters}
+    if len(archs) > 1:
+        raise UsageError(f"the inputs are for different architectures: {', '.join(sorted(archs))}",
+                         hint="merge adapters of one base model")
+    for a in adapters:
+        if a.origins or a.inputs:
+            raise UsageError(f"{clip(a.path.name, 120)} is derived and not saved; merge reads saved adapters",
+                             hint="save it first, then merge the file")
+        if a.read.lycoris:
+            raise UnsupportedConversion(f"{clip(a.path.name, 120)} holds LyCORIS tensors "
+                                        f"({', '.join(sorted(a.read.lycoris))}); merge reads plain LoRA/LoCon")
+        for e in a.manifest.modules:
+            if e.dora:
+                raise UnsupportedConversion(f"'{clip(e.module, 120)}' in {clip(a.path.name, 120)} is DoRA; its "
+                                            "magnitude is tied to the base weights, so updates cannot be summed")
+            if e.role == "expert" and meth.inputs != "one":
+                raise UnsupportedConversion(f"'{clip(e.module, 120)}' in {clip(a.path.name, 120)} holds experts",
+                                            hint="collapse them first: adapterctl merge FILE --method experts "
+                                                 "--mix W1,...,Wn")
+
+
+def _target_layout(first: "Adapter", to: Optional[str]) -> str:
+    if to is None:
+        return first.layout if first.layout in WRITABLE_LAYOUTS else "kohya"
+    if to not in WRITABLE_LAYOUTS:
+        raise UsageError(f"unknown target layout '{to}'", hint=f"choose one of: {', '.join(WRITABLE_LAYOUTS)}")
+    return to
+
+
+def _weights(meth: MergeMethod, weights: Optional[Sequence[float]], n: int) -> list[float]:
+    if weights is None:
+        return [1.0 / n if meth.default_weight == "mean" else 1.0] * n
+    weights = [float(x) for x in weights]
+    if len(weights) != n:
+        raise UsageError(f"--weights has {len(weights)} values for {n} inputs", hint="give one weight per input")
+    if not all(math.isfinite(x) for x in weights):
+        raise UsageError("--weights must be finite numbers")
+    return weights
+
+
+def _block_weights(arch, specs: Sequence[str], n: int):
+    parsed = [parse_block_weights(arch, s) for s in specs if s.strip()]
+    if not parsed:
+        return [BlockWeights(spec="")] * n
+    if len(parsed) == 1:
+        return parsed * n
+    if len(parsed) != n:
+        raise UsageError(f"--block-weights given {len(parsed)} times for {n} inputs",
+                         hint="give it once (for every input) or once per input, in input order")
+    return parsed
+
+
+def _choose(meth: MergeMethod, adapters: list["Adapter"], content: Optional[int], style: Optional[int],
+            pick_roles: bool, report: MergeReport) -> list[list[ModuleEntry]]:
+    """The branches each input contributes."""
+    if meth.inputs != "pair" and not pick_roles and content is None and style is None:
+        return [list(a.manifest.modules) for a in adapters]
+    if len(adapters) != 2:
+        raise UsageError("roles are picked from exactly two inputs (content and style)")
+    if content is None or style is None:
+        content, style = _pick_by_roles(adapters, report)
+    else:
+        report.notes.append(f"content: {adapters[content].path.name}; style: {adapters[style].path.name} (as given)")
+    picked = [[], []]
+    for index, wanted in ((content, "content"), (style, "style")):
+        a = adapters[index]
+        has_role = any(e.role == wanted for e in a.manifest.modules)
+        allowed = (wanted,) if has_role else (None,)
+        picked[index] = [e for e in a.manifest.modules if e.role in allowed]
+        if not picked[index]:
+            raise UsageError(f"{clip(a.path.name, 120)} has no {wanted} branches and no untagged ones to use")
+    return picked
+
+
+def _pick_by_roles(adapters: list["Adapter"], report: MergeReport) -> tuple[int, int]:
+    roles = [{e.role for e in a.manifest.modules} for a in adapters]
+    names = [clip(a.path.name, 120) for a in adapters]
+    if roles[0] >= {"content", "style"} and roles[1] >= {"content", "style"}:
+        report.notes.append(f"both inputs hold content and style: took content from {names[0]} (the first) and "
+                            f"style from {names[1]} (the second)")
+        return 0, 1
+    for c, s in ((0, 1), (1, 0)):
+        if "content" in roles[c] and "style" in roles[s]:
+            report.notes.append(f"content from {names[c]}, style from {names[s]} (by their roles)")
+            return c, s
+    raise UsageError("cannot tell which input is content and which is style: their branches carry no such roles",
+                     hint="pass --content FILE --style FILE, or tag them first (adapterctl tag FILE --role ...)")
+
+
+def _computed(meth: MergeMethod, params, arch, adapters, module: str, parts, factors, report: MergeReport,
+              calibration: Optional[dict]):
+    spec = arch.get(module)
+    limit = min(spec.in_features * _kernel(adapters, parts), spec.out_features)
+    first_index, first = parts[0]
+    src = adapters[first_index].source
+    down_shape = src.tensors[first.tensors.down].shape
+    up_shape = src.tensors[first.tensors.up].shape
+    if meth.inputs == "one":
+        if first.role != "expert":
+            return first, FromInput(first_index)  # plain branches of an expert file are copied
+        rank = meth.output_rank((down_shape, up_shape), limit)
+        tails = (tuple(down_shape[2:]), ())
+    else:
+        rank = meth.rank([e.rank for _, e in parts], limit, params)
+        tails = (tuple(down_shape[1:]), tuple(up_shape[2:]))
+    dtypes = {writable_dtype(e.dtype) for _, e in parts}
+    roles = {e.role for _, e in parts}
+    entry = first.model_copy(update={
+        "rank": rank, "alpha": float(rank), "scale": 1.0, "rslora": False, "alpha_dtype": None,
+        "dtype": dtypes.pop() if len(dtypes) == 1 else "F32",
+        "role": roles.pop() if len(roles) == 1 and meth.inputs != "one" else None,
+        "role_source": "declared" if len(roles) == 0 and meth.inputs == "many" and first.role else None,
+        "experts": None, "dora": False,
+        "tensors": first.tensors.model_copy(update={"alpha": None, "magnitude": None, "router_weight": None,
+                                                     "router_bias": None}),
+    })
+    if entry.role is None:
+        entry = entry.model_copy(update={"role_source": None})
+    elif entry.role_source is None:
+        entry = entry.model_copy(update={"role_source": "declared"})
+
+    def produce():
+        if meth.inputs == "one":
+            from adapterctl.model.factors import read_experts
+
+            a = adapters[first_index]
+            arrays = read_experts(a.source, first, path=a.path)
+            w = meth.mixture(arrays, params, module, calibration)
+            merged = meth.collapse(arrays, w, first.scale * factors[0], limit)
+            report.add(module, first.block, {"experts": float(len(w)), "weights_max": float(w.max())})
+            return merged
+        loaded = [adapters[i].branch(e) for i, e in parts]
+        merged, stats = meth.merge(loaded, factors, params, module)
+        if report.measured:
+            stats = {**measure(loaded, factors, merged), **stats}
+        report.add(module, first.block, stats)
+        return merged
+
+    return entry, Computed(produce, *tails)
+
+
+def _kernel(adapters, parts) -> int:
+    index, entry = parts[0]
+    shape = adapters[index].source.tensors[entry.tensors.down].shape
+    return math.prod(shape[2:]) if entry.kind == "conv" and len(shape) == 4 else 1
+
+
+def _calibration(params, adapters) -> Optional[dict]:
+    """Mean router inputs for the expert modules, read once (each a small vector)."""
+    path = getattr(params, "calibration", None)
+    if path is None:
+        return None
+    from adapterctl.io.arrays import read_array
+    from adapterctl.io.safetensors_file import SafetensorsFile
+
+    wanted = {e.module for a in adapters for e in a.manifest.modules if e.role == "expert"}
+    with SafetensorsFile(path) as st:
+        for name in wanted & set(st.tensors):
+            if st.tensors[name].numel > 1 << 20:
+                raise UsageError(f"calibration input for '{clip(name, 120)}' has {st.tensors[name].numel} values; "
+                                 "a router input is one vector")
+        return {name: read_array(st, name) for name in wanted & set(st.tensors)}

@@ -1,0 +1,1 @@
+"""Merge methods: one file each, listed in ``adapterctl.ops.registry.METHODS``."""
