@@ -57,7 +57,6 @@ def merge_cmd(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random masks (dare).")] = None,
     lam: Annotated[Optional[float], typer.Option("--lambda", help="Merger-overlap penalty (zip).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Most optimiser steps per module (zip).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Merger learning rate (zip).")] = None,
     axis: Annotated[Optional[str], typer.Option("--axis", help="What zip's mergers scale: input or output.")] = None,
     mu: Annotated[Optional[float], typer.Option("--mu", help="Projection strength (np).")] = None,
     project: Annotated[Optional[str], typer.Option("--project", help="Which update np projects: content or "
@@ -92,7 +91,7 @@ def merge_cmd(
         inputs, pair = [content, style], (0, 1)
     if not inputs:
         raise UsageError("no inputs", hint="adapterctl merge A.safetensors B.safetensors --method cat")
-    options = {"rank": rank, "density": density, "seed": seed, "lam": lam, "steps": steps, "lr": lr,
+    options = {"rank": rank, "density": density, "seed": seed, "lam": lam, "steps": steps,
                "axis": axis, "mu": mu, "project": project, "mix": _numbers(mix, "--mix"),
                "calibration": str(calibration) if calibration is not None else None}
     from adapterctl.adapter import Adapter

@@ -17,7 +17,10 @@ input: [B_c B_s] [A_c diag(m_c); A_s diag(m_s)]; output: [diag(m_c) B_c, diag(m_
 
 Cost per step: input axis O(in r^2) (the r x r images of diag(m) under A and P), output axis
 O(out r); B enters only through the R factor of [B_c B_s], so ``out`` never appears in a step.
-Adam (ZipLoRA's optimiser; lr 0.05 reaches the plateau in tens of steps here), float32.
+ZipLoRA trains its mergers with Adam; here the objective is quadratic in the mergers (while no
+product m_c m_s changes sign), so linear conjugate gradients solve it in a few steps: on partly
+overlapping pairs (DESIGN.md §4) 5 steps reach the interference that 40 Adam steps reach
+(docs/merge.md). float32 inside; the mergers are folded in float64.
 """
 
 from __future__ import annotations
@@ -39,34 +42,39 @@ class ZipResult:
     loss_end: float
 
 
-def zip_merge(content: Factored, style: Factored, *, axis: str = "input", lam: float = 0.01, steps: int = 100,
-              lr: float = 0.05, tol: float = 1e-4) -> ZipResult:
+def zip_merge(content: Factored, style: Factored, *, axis: str = "input", lam: float = 0.01, steps: int = 8,
+              tol: float = 1e-3) -> ZipResult:
     """Optimise the mergers (initialised to 1) and fold them into one factored branch."""
     c = content.with_scale(1.0)
     s = style.with_scale(1.0)
     objective = (_InputAxis if axis == "input" else _OutputAxis)(c, s, lam)
     z = np.ones(objective.size, dtype=np.float32)
-    m1 = np.zeros_like(z)
-    m2 = np.zeros_like(z)
-    loss0, _ = objective(z)
-    best, best_z, since, step = loss0, z.copy(), 0, 0
+    loss0, grad = objective(z)
+    # While the products m_c m_s keep their sign, L is quadratic in z, so its gradient is affine:
+    # H p = grad(p) - grad(0), and linear conjugate gradients need one gradient per step.
+    g_zero = objective(np.zeros_like(z))[1]
+    residual = -grad
+    direction = residual.copy()
+    rs = float(residual @ residual)
+    rs0, step = rs, 0
     for step in range(1, steps + 1):
-        loss, grad = objective(z)
-        if loss < best * (1 - tol):
-            best, best_z, since = loss, z.copy(), 0
-        else:
-            since += 1
-            if since >= 10:  # no real progress for 10 steps: the plateau
-                break
-        m1 = 0.9 * m1 + 0.1 * grad
-        m2 = 0.999 * m2 + 0.001 * grad * grad
-        z = z - lr * (m1 / (1 - 0.9 ** step)) / (np.sqrt(m2 / (1 - 0.999 ** step)) + 1e-8)
+        h_dir = objective(direction)[1] - g_zero
+        curvature = float(direction @ h_dir)
+        if curvature <= 0 or rs <= (tol ** 2) * rs0:  # flat or non-convex direction, or converged
+            step -= 1
+            break
+        alpha = rs / curvature
+        z = z + alpha * direction
+        residual = residual - alpha * h_dir
+        rs_new = float(residual @ residual)
+        direction = residual + (rs_new / rs) * direction
+        rs = rs_new
     final, _ = objective(z)
-    if final < best:
-        best, best_z = final, z
+    if not np.isfinite(final) or final > loss0:  # a sign flip took it off the quadratic: keep the start
+        z, final = np.ones_like(z), loss0
     n = objective.size // 2
-    m_c, m_s = best_z[:n].astype(np.float64), best_z[n:].astype(np.float64)
-    return ZipResult(fold(c, s, m_c, m_s, axis), m_c, m_s, step, float(loss0), float(best))
+    m_c, m_s = z[:n].astype(np.float64), z[n:].astype(np.float64)
+    return ZipResult(fold(c, s, m_c, m_s, axis), m_c, m_s, step, float(loss0), float(final))
 
 
 def fold(c: Factored, s: Factored, m_c: np.ndarray, m_s: np.ndarray, axis: str) -> Factored:
@@ -83,6 +91,7 @@ class _Objective:
     def __init__(self, c: Factored, s: Factored, lam: float):
         self.lam = lam
         self.q = [basis(c.down.T)[0], basis(s.down.T)[0]]  # [in, k_x]: row spaces
+        self.q_split = self.q[0].shape[1]
         # Only [B_c B_s]^T [B_c B_s] matters: its R factor stands in for B (2r rows, not out).
         r = _gram_root(np.concatenate([c.up, s.up], axis=1))[1]
         self.r_c, self.r_s = r[:, :c.rank], r[:, c.rank:]
@@ -96,28 +105,45 @@ class _Objective:
 
 
 class _InputAxis(_Objective):
+    """Both sources stacked, so that a step is two (2r x in) x (in x 2k) products, not eight small ones."""
+
     def __init__(self, c: Factored, s: Factored, lam: float):
         super().__init__(c, s, lam)
         f32 = np.float32
-        self.a_c, self.a_s = c.down.astype(f32), s.down.astype(f32)
-        self.r_c32, self.r_s32 = self.r_c.astype(f32), self.r_s.astype(f32)
-        self.q32 = [q.astype(f32) for q in self.q]
-        # The targets: each source's own image on its row space, R_x A_x Q_x.
-        self.t = [self.r_c32 @ (self.a_c @ self.q32[0]), self.r_s32 @ (self.a_s @ self.q32[1])]
+        self.rank_c = c.rank
+        self.a = np.concatenate([c.down, s.down], axis=0).astype(f32)  # [r_c + r_s, in]
+        self.q = np.concatenate(self.q, axis=1).astype(f32)  # [in, k_c + k_s]
+        self.k_c = self.q_split
+        self.r = np.concatenate([self.r_c, self.r_s], axis=1).astype(f32)  # [k, r_c + r_s]
+        # The targets: each source's own image on its row space, R_x A_x Q_x, side by side.
+        full = self.r @ (self.a @ self.q)
+        own = np.zeros_like(full)
+        own[:, :self.k_c] = (self.r[:, :c.rank] @ (self.a[:c.rank] @ self.q[:, :self.k_c]))
+        own[:, self.k_c:] = (self.r[:, c.rank:] @ (self.a[c.rank:] @ self.q[:, self.k_c:]))
+        self.t = own
+        self.col_weight = np.concatenate([np.full(self.k_c, 1.0 / self.norm2[0]),
+                                          np.full(self.q.shape[1] - self.k_c, 1.0 / self.norm2[1])]).astype(f32)
         self.size = 2 * c.down.shape[1]
+        self.scaled = np.empty_like(self.a)  # reused by every step
+        self.h = np.empty_like(self.a)
 
     def __call__(self, z):
-        n = self.size // 2
+        n, rc = self.size // 2, self.rank_c
         m_c, m_s = z[:n], z[n:]
-        loss, g_c, g_s = 0.0, np.zeros(n, np.float32), np.zeros(n, np.float32)
-        for q, t, norm2 in zip(self.q32, self.t, self.norm2):
-            res = self.r_c32 @ ((self.a_c * m_c) @ q) + self.r_s32 @ ((self.a_s * m_s) @ q) - t
-            loss += float(np.sum(res * res)) / norm2
-            g = (2.0 / norm2) * res
-            g_c += np.sum(((self.r_c32.T @ g) @ q.T) * self.a_c, axis=0)
-            g_s += np.sum(((self.r_s32.T @ g) @ q.T) * self.a_s, axis=0)
+        np.multiply(self.a[:rc], m_c, out=self.scaled[:rc])
+        np.multiply(self.a[rc:], m_s, out=self.scaled[rc:])
+        res = self.r @ (self.scaled @ self.q) - self.t  # [k, k_c + k_s]: both sources' residuals
+        weighted = res * self.col_weight
+        loss = float(np.vdot(res, weighted))
+        np.matmul(self.r.T @ (2.0 * weighted), self.q.T, out=self.h)  # [r_c + r_s, in]
+        self.h *= self.a
         pen, p_c, p_s = self.penalty(m_c, m_s)
-        return loss + pen, np.concatenate([g_c + p_c, g_s + p_s]).astype(np.float32)
+        grad = np.empty(self.size, dtype=np.float32)
+        np.sum(self.h[:rc], axis=0, out=grad[:n])
+        np.sum(self.h[rc:], axis=0, out=grad[n:])
+        grad[:n] += p_c
+        grad[n:] += p_s
+        return loss + pen, grad
 
 
 class _OutputAxis(_Objective):

@@ -56,17 +56,25 @@ def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Seque
     w = _weights(meth, weights, len(adapters))
     per_input_blocks = _block_weights(arch, block_weights, len(adapters))
     report = MergeReport(arch, meth.name, [clip(a.path.name, 200) for a in adapters], measured=measure_quality)
-    chosen = _choose(meth, adapters, content, style, pick_roles, report)
+    chosen, both_roles = _choose(meth, adapters, content, style, pick_roles, report)
     calibration = _calibration(params, adapters) if meth.inputs == "one" else None
 
     groups: dict[str, list[tuple[int, ModuleEntry]]] = {}
     for index, entries in enumerate(chosen):
         for entry in entries:
             groups.setdefault(entry.module, []).append((index, entry))
-    if meth.inputs == "pair" and not any(len({i for i, _ in parts}) == 2 for parts in groups.values()):
-        raise UsageError(f"{meth.name}: the content and style branches share no module, so there is nothing to merge",
-                         hint="B-LoRA keeps content and style in different blocks; to combine such files as they "
-                              "are, use --method cat --pick-roles")
+    for index, entries in enumerate(chosen):
+        if not entries:
+            raise UsageError(f"{clip(adapters[index].path.name, 120)} contributes no branches to this merge")
+    shared = sum(len({i for i, _ in parts}) == 2 for parts in groups.values())
+    if meth.inputs == "pair" and not shared:
+        if not both_roles:
+            raise UsageError(f"{meth.name}: the content and style inputs share no module, so there is nothing to "
+                             "merge", hint="merge adapters trained on the same modules, or combine these as they "
+                                           "are with --method cat")
+        # B-LoRA's own recipe: content and style live in different blocks, so they combine as they are.
+        report.notes.append("the picked content and style branches lie in different modules (B-LoRA blocks): "
+                            f"combined as they are, nothing to {meth.name}")
 
     out: list[ModuleEntry] = []
     origins = {}
@@ -92,8 +100,13 @@ def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Seque
     args = {"method": meth.name, "inputs": [clip(a.path.name, 200) for a in adapters], "weights": list(w),
             "block_weights": list(block_weights), **_args(params)}
     return base._derive("merge", args, inputs=tuple(adapters), origins=origins, report=report,
-                        modules=out, layout=target, method="ziplora" if meth.name == "zip" else "merged",
+                        modules=out, layout=target, method="ziplora" if meth.name == "zip" and origins_computed(origins)
+                        else "merged",
                         preset=None, role_rules=[])
+
+
+def origins_computed(origins: dict) -> bool:
+    return any(isinstance(o, Computed) for o in origins.values())
 
 
 def _params(meth: MergeMethod, given: dict):
@@ -178,38 +191,46 @@ def _block_weights(arch, specs: Sequence[str], n: int):
 
 
 def _choose(meth: MergeMethod, adapters: list["Adapter"], content: Optional[int], style: Optional[int],
-            pick_roles: bool, report: MergeReport) -> list[list[ModuleEntry]]:
-    """The branches each input contributes."""
-    if meth.inputs != "pair" and not pick_roles and content is None and style is None:
-        return [list(a.manifest.modules) for a in adapters]
+            pick_roles: bool, report: MergeReport) -> tuple[list[list[ModuleEntry]], bool]:
+    """The branches each input contributes, and whether they were picked by role from files that
+    hold both roles (B-LoRA), where content and style may lie in different modules by design.
+
+    Inputs named as content and style contribute every branch (the whole file is that LoRA, as
+    in ZipLoRA). Otherwise, for zip/np (or with ``pick_roles``), the content input contributes its
+    content branches and the style input its style branches (untagged ones if it has none)."""
+    if content is not None or style is not None:
+        if content is None or style is None or len(adapters) != 2 or {content, style} != {0, 1}:
+            raise UsageError("content and style name the two inputs, one each")
+        report.notes.append(f"content: all of {clip(adapters[content].path.name, 120)}; style: all of "
+                            f"{clip(adapters[style].path.name, 120)} (as given)")
+        picked = [[], []]
+        picked[content], picked[style] = list(adapters[content].manifest.modules), \
+            list(adapters[style].manifest.modules)
+        return picked, False
+    if meth.inputs != "pair" and not pick_roles:
+        return [list(a.manifest.modules) for a in adapters], False
     if len(adapters) != 2:
         raise UsageError("roles are picked from exactly two inputs (content and style)")
-    if content is None or style is None:
-        content, style = _pick_by_roles(adapters, report)
-    else:
-        report.notes.append(f"content: {adapters[content].path.name}; style: {adapters[style].path.name} (as given)")
+    content, style, both = _pick_by_roles(adapters, report)
     picked = [[], []]
     for index, wanted in ((content, "content"), (style, "style")):
         a = adapters[index]
-        has_role = any(e.role == wanted for e in a.manifest.modules)
-        allowed = (wanted,) if has_role else (None,)
+        allowed = (wanted,) if any(e.role == wanted for e in a.manifest.modules) else (None,)
         picked[index] = [e for e in a.manifest.modules if e.role in allowed]
-        if not picked[index]:
-            raise UsageError(f"{clip(a.path.name, 120)} has no {wanted} branches and no untagged ones to use")
-    return picked
+    return picked, both
 
 
-def _pick_by_roles(adapters: list["Adapter"], report: MergeReport) -> tuple[int, int]:
+def _pick_by_roles(adapters: list["Adapter"], report: MergeReport) -> tuple[int, int, bool]:
     roles = [{e.role for e in a.manifest.modules} for a in adapters]
     names = [clip(a.path.name, 120) for a in adapters]
     if roles[0] >= {"content", "style"} and roles[1] >= {"content", "style"}:
-        report.notes.append(f"both inputs hold content and style: took content from {names[0]} (the first) and "
-                            f"style from {names[1]} (the second)")
-        return 0, 1
+        report.notes.append(f"both inputs hold content and style: took the content branches of {names[0]} (the "
+                            f"first) and the style branches of {names[1]} (the second)")
+        return 0, 1, True
     for c, s in ((0, 1), (1, 0)):
         if "content" in roles[c] and "style" in roles[s]:
-            report.notes.append(f"content from {names[c]}, style from {names[s]} (by their roles)")
-            return c, s
+            report.notes.append(f"content branches from {names[c]}, style branches from {names[s]} (by their roles)")
+            return c, s, False
     raise UsageError("cannot tell which input is content and which is style: their branches carry no such roles",
                      hint="pass --content FILE --style FILE, or tag them first (adapterctl tag FILE --role ...)")
 

@@ -14,8 +14,7 @@ from adapterctl.ops.methods.base import MergeMethod, MethodParams, weighted
 class ZipParams(MethodParams):
     axis: Literal["input", "output"] = Field("input", description="what the mergers scale: ΔW columns or rows")
     lam: float = Field(0.01, ge=0, description="weight of the merger-overlap penalty")
-    steps: int = Field(100, ge=1, le=10_000, description="most optimiser steps per module")
-    lr: float = Field(0.05, gt=0, description="Adam learning rate of the mergers")
+    steps: int = Field(8, ge=1, le=1000, description="most conjugate-gradient steps per module")
 
 
 class Zip(MergeMethod):
@@ -26,7 +25,7 @@ class Zip(MergeMethod):
 
     def merge(self, parts, weights, params, module):
         content, style = (weighted(p, w) for p, w in zip(parts, weights))
-        out = zip_merge(content, style, axis=params.axis, lam=params.lam, steps=params.steps, lr=params.lr)
+        out = zip_merge(content, style, axis=params.axis, lam=params.lam, steps=params.steps)
         return out.merged, {
             "steps": float(out.steps), "loss_start": out.loss_start, "loss_end": out.loss_end,
             "merger_content_mean": float(np.mean(out.m_content)), "merger_style_mean": float(np.mean(out.m_style)),
