@@ -30,21 +30,26 @@ def column_basis(f: Factored) -> np.ndarray:
     return basis(f.up)[0]
 
 
-def self_error(merged: Factored, source: Factored, q_source: np.ndarray) -> float:
-    """||(delta_W_merged - delta_W_source) P|| / ||delta_W_source||, P = q q^T."""
-    left = np.concatenate([merged.up * merged.scale, -source.up * source.scale], axis=1)  # [out, R + r]
-    right = np.concatenate([merged.down @ q_source, source.down @ q_source], axis=0)  # [R + r, k]
-    residual2 = float(np.trace(right.T @ (left.T @ left) @ right))
-    norm = source.frobenius_norm()
-    return float(np.sqrt(max(residual2, 0.0))) / norm if norm > 0 else 0.0
+def self_error(merged: Factored, source: Factored, q_source: np.ndarray, *,
+               merged_gram: np.ndarray | None = None) -> float:
+    """||(delta_W_merged - delta_W_source) P|| / ||delta_W_source||, P = q q^T, as r x r products:
+    ||U a - V b||^2 = tr(a^T U^T U a) + tr(b^T V^T V b) - 2 tr(a^T U^T V b)."""
+    a = merged.scale * (merged.down @ q_source)  # [R, k]
+    b = source.scale * (source.down @ q_source)  # [r, k]
+    mm = merged.up.T @ merged.up if merged_gram is None else merged_gram
+    ss = source.up.T @ source.up
+    residual2 = float(np.sum((mm @ a) * a) + np.sum((ss @ b) * b) - 2 * np.sum(((merged.up.T @ source.up) @ b) * a))
+    norm2 = float(np.trace(ss @ (source.down @ source.down.T))) * source.scale ** 2
+    return float(np.sqrt(max(residual2, 0.0) / norm2)) if norm2 > 0 else 0.0
+
+
+def _column_norms2(f: Factored) -> np.ndarray:
+    return np.sum(((f.up.T @ f.up) @ f.down) * f.down, axis=0) * f.scale ** 2
 
 
 def paired_column_cosine(x: Factored, y: Factored) -> float:
-    cross = (x.up.T @ y.up) * (x.scale * y.scale)  # [rx, ry]
-    dots = np.einsum("ij,ik,kj->j", x.down, cross, y.down)
-    nx = np.einsum("ij,ik,kj->j", x.down, x.up.T @ x.up, x.down) * x.scale ** 2
-    ny = np.einsum("ij,ik,kj->j", y.down, y.up.T @ y.up, y.down) * y.scale ** 2
-    norms = np.sqrt(np.maximum(nx, 0.0) * np.maximum(ny, 0.0))
+    dots = np.sum(((x.up.T @ y.up) @ y.down) * x.down, axis=0) * (x.scale * y.scale)
+    norms = np.sqrt(np.maximum(_column_norms2(x), 0.0) * np.maximum(_column_norms2(y), 0.0))
     used = norms > norms.max(initial=0.0) * 1e-12
     if not used.any():
         return 0.0

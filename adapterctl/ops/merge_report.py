@@ -35,8 +35,9 @@ def measure(parts: list[Factored], weights: list[float], merged: Factored) -> di
     direct = concat(sources)
     rows = [row_basis(s) for s in sources]
     cols = [column_basis(s) for s in sources]
-    mine = [self_error(merged, s, q) for s, q in zip(sources, rows)]
-    base = [self_error(direct, s, q) for s, q in zip(sources, rows)]
+    merged_gram, direct_gram = merged.up.T @ merged.up, direct.up.T @ direct.up
+    mine = [self_error(merged, s, q, merged_gram=merged_gram) for s, q in zip(sources, rows)]
+    base = [self_error(direct, s, q, merged_gram=direct_gram) for s, q in zip(sources, rows)]
     pairs = list(combinations(range(len(sources)), 2))
     interference, interference_direct = float(np.mean(mine)), float(np.mean(base))
     return {
