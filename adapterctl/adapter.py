@@ -187,10 +187,9 @@ class Adapter:
 
     def convert(self, to: str) -> "Adapter":
         """Change the tensor layout (names and scale metadata only; factor bytes are unchanged)."""
-        from adapterctl.format.constants import WRITABLE_LAYOUTS
+        from adapterctl.layouts.registry import writer
 
-        if to not in WRITABLE_LAYOUTS:  # before the params model, for the friendlier message
-            raise UsageError(f"unknown target layout '{to}'", hint=f"choose one of: {', '.join(WRITABLE_LAYOUTS)}")
+        writer(to)  # before the params model, for the friendlier message
         return self.apply("convert", to=to)
 
     def prune(self, *, rank: Optional[int] = None, conv_rank: Optional[int] = None, dynamic: Optional[str] = None,

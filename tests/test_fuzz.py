@@ -22,7 +22,8 @@ import _fuzz_strategies as S
 import adapterctl
 from adapterctl.arch import known_architectures, load_arch
 from adapterctl.errors import AdapterError
-from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, MANIFEST_KEY, WRITABLE_LAYOUTS
+from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, MANIFEST_KEY
+from adapterctl.layouts.registry import writable
 from adapterctl.format.manifest import Manifest, ModuleEntry, TensorKeys
 from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.layouts.keys import LYCORIS_SUFFIXES, ParsedKey, parse_key
@@ -397,7 +398,7 @@ def test_factor_names_round_trip():
             entry = ModuleEntry(module=spec.name, component=spec.component, block=spec.block, kind=spec.kind,
                                 rank=4, alpha=4.0, scale=1.0, dtype="F16", dora=dora,
                                 tensors=TensorKeys(down="d", up="u", magnitude="m.dora_scale" if dora else None))
-            for target in WRITABLE_LAYOUTS:
+            for target in writable():
                 for qual in ((None,) if target == "kohya" else (None, "content", "style")):
                     names = factor_names(arch, entry, target, **({"qualifier": qual} if qual else {}))
                     for part, key in names.items():

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from adapterctl.cli._write import write_command
+from adapterctl.layouts.registry import writable
 from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
 
 
@@ -24,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
 def convert_cmd(
     path: InputArg,
-    to: Annotated[str, typer.Option("--to", help="Target layout: kohya, diffusers or peft.", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help=f"Target layout: {' or '.join(writable())}.", show_default=False)],
     output: OutputOpt = None,
     force: ForceOpt = False,
     fsync: FsyncOpt = False,
@@ -33,5 +34,7 @@ def convert_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    write_command(path, lambda a: a.convert(to), suffix=to, directory=(to == "peft"), output=output, force=force,
+    from adapterctl.layouts.registry import writer
+
+    write_command(path, lambda a: a.convert(to), suffix=to, directory=writer(to).directory, output=output, force=force,
                   fsync=fsync, strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)

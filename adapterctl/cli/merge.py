@@ -20,6 +20,7 @@ from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, JsonOpt, OutputO
 from adapterctl.cli.output import Output
 from adapterctl.cli.prune import ReportOpt
 from adapterctl.cli.split import _words
+from adapterctl.layouts.registry import writable, writer
 
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Also draw block x metric heatmaps (PNG; needs "
                                                                 "Pillow: pip install 'adapterctl[plot]').",
@@ -64,7 +65,7 @@ def merge_cmd(
     mix: Annotated[Optional[str], typer.Option("--mix", help="Expert weights W1,...,Wn (experts).")] = None,
     calibration: Annotated[Optional[Path], typer.Option(
         "--calibration", help="safetensors of mean router inputs per module (experts).", **_FileOpt)] = None,
-    to: Annotated[Optional[str], typer.Option("--to", help="Output layout: kohya, diffusers or peft "
+    to: Annotated[Optional[str], typer.Option("--to", help=f"Output layout: {' or '.join(writable())} "
                                                            "(default: the first input's).")] = None,
     report: ReportOpt = None,
     plot: PlotOpt = None,
@@ -118,7 +119,7 @@ def merge_cmd(
 
 def _default_output(inputs: list[Path], method: str, to: Optional[str]) -> Path:
     stem = "+".join(p.name if p.is_dir() else p.stem for p in inputs[:3])
-    return default_output(inputs[0].parent / stem, method, directory=to == "peft")
+    return default_output(inputs[0].parent / stem, method, directory=to is not None and writer(to).directory)
 
 
 def _numbers(text: Optional[str], flag: str) -> Optional[list[float]]:

@@ -200,7 +200,25 @@ def render(app=None) -> str:
             lines += ["**Arguments**", "", *_param_table(arguments, options=False), ""]
         if options:
             lines += ["**Options**", "", *_param_table(options, options=True), ""]
+    lines += _registries()
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _registries() -> list[str]:
+    """The layouts and merge methods, from the registries the commands use (never a copy)."""
+    from adapterctl.layouts.registry import LAYOUTS
+    from adapterctl.ops.registry import METHODS
+
+    lines = ["## Layouts", "", "From `adapterctl.layouts.registry.LAYOUTS`, in the order keys are tried.", "",
+             "| layout | written | what it is | a down-factor key |", "|---|---|---|---|"]
+    lines += [f"| `{l.name}` | {'yes' + (' (a directory)' if l.directory else '') if l.writable else 'read only'} "
+              f"| {_cell(l.summary)} | `{l.example}` |" for l in LAYOUTS]
+    lines += ["", "## Merge methods", "", "From `adapterctl.ops.registry.METHODS` (`adapterctl merge --list`). "
+              "[Merging and pruning](merge.md) explains each.", "",
+              "| method | inputs | parameters | what it does |", "|---|---|---|---|"]
+    lines += [f"| `{m.name}` | {m.inputs} | {', '.join(f'`{k}`' for k in m.Params.model_fields) or '-'} "
+              f"| {_cell(m.summary)} |" for m in METHODS]
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from adapterctl.io.writer import OutTensor, write_safetensors
 
 HERE = Path(__file__).resolve().parent
 BLORA = "blora_example.safetensors"
+PAINTING = "blora_painting_example.safetensors"  # a second B-LoRA, to merge with the first
 LOCON = "locon_example.safetensors"
 
 
@@ -74,9 +75,10 @@ LOCON_METADATA = {
 
 
 def write_examples(directory: Path = HERE, *, force: bool = True) -> list[Path]:
-    paths = [directory / BLORA, directory / LOCON]
+    paths = [directory / BLORA, directory / LOCON, directory / PAINTING]
     write_safetensors(paths[0], blora_tensors(), {}, force=force)
     write_safetensors(paths[1], locon_tensors(), dict(LOCON_METADATA), force=force)
+    write_safetensors(paths[2], blora_tensors(seed=2), {}, force=force)
     return paths
 
 

@@ -14,8 +14,7 @@ MODELSPEC_VERSION = "1.0.1"
 
 ROLES = ("content", "style", "expert")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-LAYOUTS = ("kohya", "diffusers", "diffusers-old", "diffusers-legacy-attn", "peft")
-WRITABLE_LAYOUTS = ("kohya", "diffusers", "peft")
+# The layouts themselves (which are read, which written) are listed once, in layouts/registry.py.
 
 # Metadata keys whose value describes the bytes of the file; they are recomputed, never copied.
 RECOMPUTED_KEYS = ("modelspec.hash_sha256", "sshs_model_hash")

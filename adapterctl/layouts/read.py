@@ -23,7 +23,11 @@ from adapterctl.layouts import keys as K
 from adapterctl.layouts.scaling import PeftScaling, decode_scalar, split_diffusers_metadata
 from adapterctl.textsafe import clip
 
-_FACTOR_FAMILIES = ("kohya", "diffusers", "diffusers-old", "diffusers-legacy-attn", "peft")
+def _groups() -> dict[str, str]:
+    from adapterctl.layouts.registry import LAYOUTS
+
+    # Families of plain (up, down) factors, and which of them loaders treat as one layout.
+    return {layout.name: layout.group for layout in LAYOUTS if layout.name != "lycoris"}
 
 
 @dataclass
@@ -44,11 +48,12 @@ def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dic
         p = K.parse_key(name)
         (parsed.append(p) if p else unknown.append(name))
     lycoris = Counter(p.lycoris for p in parsed if p.family == "lycoris")
-    factor_families = Counter(p.family for p in parsed if p.family in _FACTOR_FAMILIES)
+    groups_of = _groups()
+    factor_families = Counter(p.family for p in parsed if p.family in groups_of)
     if not factor_families and not lycoris:
         raise LayoutError("no LoRA tensors found (unknown key layout)", path=str(st.path),
                           hint=f"first key: {clip(next(iter(st.tensors), '<none>'), 80)}")
-    _refuse_mixed_layouts(st, factor_families)
+    _refuse_mixed_layouts(st, factor_families, groups_of)
     layout = factor_families.most_common(1)[0][0] if factor_families else "lycoris"
     if peft_config is not None:
         layout = "peft"
@@ -86,16 +91,12 @@ def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dic
     return result
 
 
-# Key families that loaders treat as one layout; a file mixing two of them is read differently by
-# each loader (diffusers picks one converter for the whole file, ComfyUI maps both).
-_LAYOUT_GROUPS = {"kohya": "kohya", "peft": "peft", "diffusers": "diffusers", "diffusers-old": "diffusers",
-                  "diffusers-legacy-attn": "diffusers"}
-
-
-def _refuse_mixed_layouts(st: SafetensorsFile, families: Counter) -> None:
-    groups = sorted({_LAYOUT_GROUPS[f] for f in families})
+def _refuse_mixed_layouts(st: SafetensorsFile, families: Counter, group_of: dict[str, str]) -> None:
+    """Key families that loaders treat as one layout may mix; a file mixing two groups is read
+    differently by each loader (diffusers picks one converter for the whole file, ComfyUI maps both)."""
+    groups = sorted({group_of[f] for f in families})
     if len(groups) > 1:
-        counts = ", ".join(f"{g} ({sum(n for f, n in families.items() if _LAYOUT_GROUPS[f] == g)} keys)"
+        counts = ", ".join(f"{g} ({sum(n for f, n in families.items() if group_of[f] == g)} keys)"
                            for g in groups)
         raise LayoutError(f"the file mixes key layouts: {counts}; loaders disagree on which to read",
                           path=str(st.path), hint="rebuild the file from one layout")
@@ -198,7 +199,9 @@ def _check_pair(st, down: TensorInfo, up: TensorInfo, expert: bool) -> int:
 def _canonical(arch: ArchMap, component, path, down, up, expert, parts) -> Optional[str]:
     any_key = next(iter(parts.values()))
     if any_key.family == "kohya":
-        prefix = next(p for p, c in K.KOHYA_PREFIXES.items() if c == component and any_key.key.startswith(p))
+        from adapterctl.layouts.kohya import PREFIXES
+
+        prefix = next(p for p, c in PREFIXES.items() if c == component and any_key.key.startswith(p))
         return arch.kohya_names().get(prefix + path)
     candidates = [component] if component else list(arch.components)
     in_features = down.shape[-1] if expert else down.shape[1]

@@ -1,4 +1,5 @@
-"""Key names and header metadata for the layouts adapterctl writes: kohya, diffusers, peft.
+"""What writing a layout needs beyond names (which each layout's module gives): convertibility,
+the scale metadata (LoraConfig fields), and kohya alpha tensors.
 
 Conversions only rename tensors, so the bytes of every factor are copied unchanged. Scale is
 carried, never folded: kohya keeps ``alpha`` tensors; diffusers gets ``lora_adapter_metadata``
@@ -52,20 +53,9 @@ def check_convertible(entries: list[ModuleEntry], target: str, *, lycoris: dict,
 
 def factor_names(arch: ArchMap, entry: ModuleEntry, target: str, *, qualifier: str | None = None) -> dict[str, str]:
     """Tensor names for one branch in the target layout: keys 'down', 'up', and maybe 'alpha', 'magnitude'."""
-    spec = arch.get(entry.module)
-    if target == "kohya":
-        base = arch.kohya_name(entry.module)  # SGM names for the SDXL UNet, as A1111/ComfyUI expect
-        names = {"down": f"{base}.lora_down.weight", "up": f"{base}.lora_up.weight", "alpha": f"{base}.alpha"}
-        if entry.dora:  # only a kohya dora_scale gets here (check_convertible)
-            names["magnitude"] = f"{base}.dora_scale"
-        return names
-    prefix = f"{spec.component}.{spec.path}" if target == "diffusers" else f"base_model.model.{spec.path}"
-    q = f".{qualifier}" if qualifier else ""
-    names = {"down": f"{prefix}.lora_A{q}.weight", "up": f"{prefix}.lora_B{q}.weight"}
-    if entry.dora:
-        # peft saves DoRA magnitudes without a ".weight" suffix, and diffusers inherits that naming.
-        names["magnitude"] = f"{prefix}.lora_magnitude_vector{q}"
-    return names
+    from adapterctl.layouts.registry import writer
+
+    return writer(target).factor_names(arch, entry, qualifier)
 
 
 def lora_config_fields(entries: list[ModuleEntry], arch: ArchMap, *, unwrap: bool = False) -> dict[str, dict]:

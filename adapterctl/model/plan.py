@@ -19,6 +19,7 @@ from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.io.writer import OutTensor
 from adapterctl.layouts import write as W
 from adapterctl.layouts.keys import parse_key
+from adapterctl.layouts.registry import get
 from adapterctl.model.origins import BranchKey, Computed, FromInput, Origin, key_of
 
 _COPIED_PARTS = ("down", "up", "magnitude", "router_weight", "router_bias")
@@ -71,10 +72,10 @@ def _copied(arch, target, entry: ModuleEntry, src: InputFile, qualifier, *, rena
     changed = src.alphas.get(old.down) != entry.alpha
     if old.alpha is not None and not renaming:
         keys["alpha"] = old.alpha  # kohya alphas, or an old diffusers file's network alphas, stay put
-    elif target == "kohya" and (renaming or changed):
+    elif get(target).alpha_tensors and (renaming or changed):
         keys["alpha"] = names["alpha"] if renaming else old.down.removesuffix(".lora_down.weight") + ".alpha"
     if "alpha" in keys:
-        if old.alpha is not None and not changed and (not renaming or src.layout == "kohya"):
+        if old.alpha is not None and not changed and (not renaming or get(src.layout).alpha_tensors):
             out.append((st.tensors[old.alpha].start, OutTensor.copy(st, old.alpha, keys["alpha"])))
         else:  # a new or changed alpha, in the dtype recorded for it (widened only to stay exact)
             alpha_dtype, raw = W.kohya_alpha(entry)
@@ -92,7 +93,7 @@ def _computed(arch, target, entry: ModuleEntry, origin: Computed, qualifier):
                OutTensor.lazy(names["up"], entry.dtype, up_shape, lambda: pending.take("up"))]
     keys = {"down": names["down"], "up": names["up"]}
     alpha_dtype = None
-    if target == "kohya":
+    if get(target).alpha_tensors:
         alpha_dtype, raw = W.kohya_alpha(entry)
         keys["alpha"] = names["alpha"]
         tensors.append(OutTensor.from_bytes(names["alpha"], alpha_dtype, (), raw))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from adapterctl.layouts.registry import writable
 from adapterctl.layouts.write import check_convertible
 from adapterctl.ops.base import Op, Params
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
 
 
 class ConvertParams(Params):
-    to: Literal["kohya", "diffusers", "peft"]  # format.constants.WRITABLE_LAYOUTS
+    to: Literal[writable()]  # the writable layouts of layouts/registry.py
 
 
 class Convert(Op):

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from pydantic import ValidationError
 
 from adapterctl.errors import UnsupportedConversion, UsageError
-from adapterctl.format.constants import WRITABLE_LAYOUTS
 from adapterctl.format.manifest import ModuleEntry
 from adapterctl.io.arrays import writable_dtype
 from adapterctl.model.origins import Computed, FromInput, key_of
@@ -160,11 +159,11 @@ def _check_inputs(meth: MergeMethod, adapters: list["Adapter"]) -> None:
 
 
 def _target_layout(first: "Adapter", to: Optional[str]) -> str:
+    from adapterctl.layouts.registry import writable, writer
+
     if to is None:
-        return first.layout if first.layout in WRITABLE_LAYOUTS else "kohya"
-    if to not in WRITABLE_LAYOUTS:
-        raise UsageError(f"unknown target layout '{to}'", hint=f"choose one of: {', '.join(WRITABLE_LAYOUTS)}")
-    return to
+        return first.layout if first.layout in writable() else "kohya"
+    return writer(to).name
 
 
 def _weights(meth: MergeMethod, weights: Optional[Sequence[float]], n: int) -> list[float]:

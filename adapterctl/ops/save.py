@@ -21,6 +21,7 @@ from adapterctl.io.atomic import atomic_directory
 from adapterctl.io.writer import HashSlots, write_safetensors
 from adapterctl.layouts import write as W
 from adapterctl.layouts.peft_dir import CONFIG_NAME, WEIGHTS_NAME
+from adapterctl.layouts.registry import get as get_layout
 from adapterctl.model.plan import InputFile, plan_tensors
 from adapterctl.textsafe import clip
 
@@ -49,7 +50,8 @@ def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: 
             inputs += (a.path / CONFIG_NAME,)
     inputs = tuple(dict.fromkeys(inputs))
     files = [a.source for a in sources]
-    if target == "peft":
+    layout = get_layout(target)  # may be a read-only layout whose names are kept (split, tag)
+    if layout.directory:  # peft: the weights and adapter_config.json, staged and renamed together
         with atomic_directory(path, force=force, inputs=inputs, allowed=frozenset({CONFIG_NAME, WEIGHTS_NAME}),
                               verify=_reads_back_dir) as staging:
             result = write_safetensors(staging / WEIGHTS_NAME, tensors, metadata, sources=files,
@@ -121,8 +123,7 @@ def _metadata(adapter: "Adapter", manifest, path: Path, strip_foreign: bool, slo
     meta.setdefault("modelspec.title", clip(path.stem if path.suffix else path.name, 200))
     meta.setdefault("modelspec.date", today)
     meta["modelspec.hash_sha256"] = slots.out_0x
-    if manifest.layout == "diffusers":
-        meta[DIFFUSERS_METADATA_KEY] = W.diffusers_metadata(list(manifest.modules), adapter.arch)
+    meta.update(get_layout(manifest.layout).header_metadata(list(manifest.modules), adapter.arch))
     meta[FORMAT_KEY] = f"{FORMAT_NAME}/{FORMAT_VERSION}"
     meta[MANIFEST_KEY] = manifest.to_json()
     return meta

@@ -1,0 +1,49 @@
+"""Every layout adapterctl reads, in one plain list (order = the order keys are tried).
+
+Adding a layout is one module (see base.py) and one line here; the writable layouts,
+``convert --to``'s choices and the docs' layout table derive from this list.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from adapterctl.errors import UsageError
+from adapterctl.layouts.base import Layout
+from adapterctl.layouts.diffusers import Diffusers, DiffusersLegacyAttn, DiffusersOld
+from adapterctl.layouts.keys import ParsedKey
+from adapterctl.layouts.kohya import Kohya
+from adapterctl.layouts.lycoris import Lycoris
+from adapterctl.layouts.peft import Peft
+
+# Kohya's prefixes first (plain LoRA, then LyCORIS suffixes); the processor-era pattern before
+# the suffix grammar it would otherwise resemble; peft's prefix before plain diffusers.
+LAYOUTS: list[Layout] = [Kohya(), Lycoris(), DiffusersLegacyAttn(), Peft(), DiffusersOld(), Diffusers()]
+
+
+def get(name: str) -> Layout:
+    for layout in LAYOUTS:
+        if layout.name == name:
+            return layout
+    raise UsageError(f"unknown layout '{name}'", hint=f"known: {', '.join(l.name for l in LAYOUTS)}")
+
+
+def writable() -> tuple[str, ...]:
+    """The layouts adapterctl writes, kohya first (the most widely loaded)."""
+    return tuple(sorted((l.name for l in LAYOUTS if l.writable), key=lambda n: (n != "kohya", n)))
+
+
+def writer(name: str) -> Layout:
+    for layout in LAYOUTS:
+        if layout.name == name and layout.writable:
+            return layout
+    raise UsageError(f"unknown target layout '{name}'", hint=f"choose one of: {', '.join(writable())}")
+
+
+def parse_key(key: str) -> Optional[ParsedKey]:
+    """Return what a tensor key is, or None when no layout's grammar knows it."""
+    for layout in LAYOUTS:
+        parsed = layout.parse(key)
+        if parsed is not None:
+            return parsed
+    return None
