@@ -187,7 +187,7 @@ def test_user_guide_sessions_replay(tmp_path):
     steps = console_steps((DOCS / "user-guide.md").read_text(encoding="utf-8"))
     assert sum(s.command.startswith("adapterctl ") for s in steps) >= 20
     verbs = {s.command.split()[1] for s in steps if s.command.startswith("adapterctl ")}
-    assert {"inspect", "validate", "tag", "split", "convert", "demo"} <= verbs
+    assert {"inspect", "validate", "tag", "split", "convert", "merge", "prune", "demo"} <= verbs
     for step in steps:
         proc = run_step(step, tmp_path)
         output = proc.stdout + proc.stderr

@@ -84,7 +84,10 @@ def _copied(arch, target, entry: ModuleEntry, src: InputFile, qualifier, *, rena
 
 
 def _computed(arch, target, entry: ModuleEntry, origin: Computed, qualifier):
-    names = W.factor_names(arch, entry, target, qualifier=qualifier)
+    if get(target).writable:
+        names = W.factor_names(arch, entry, target, qualifier=qualifier)
+    else:  # a read-only layout (prune of an old diffusers file): the branch keeps its own names
+        names = {"down": entry.tensors.down, "up": entry.tensors.up}
     pending = _Pair(origin, entry)
     down_shape = (entry.rank,) + origin.down_tail
     out_features = arch.get(entry.module).out_features

@@ -31,6 +31,7 @@ from adapterctl.model.origins import Computed, key_of
 from adapterctl.ops.base import Op, Params
 from adapterctl.ops.block_weights import parse_block_weights
 from adapterctl.ops.energy import EnergyReport
+from adapterctl.ops.methods.base import weighted
 from adapterctl.textsafe import clip
 
 if TYPE_CHECKING:
@@ -76,9 +77,19 @@ class Prune(Op):
     Params = PruneParams
 
     def apply(self, adapter: "Adapter", params: PruneParams) -> dict:
-        entries = _kept(adapter, params)
+        entries, folded = _kept(adapter, params)
+
+        def read(entry: ModuleEntry) -> Factored:
+            branch = adapter.branch(entry)
+            weight = folded.get(key_of(entry))
+            return weighted(branch, weight) if weight is not None else branch
+
         if not params.reshapes:
-            return {"modules": entries}
+            # A block weight that the layout cannot carry in an alpha is folded into the factors.
+            origins = {key_of(e): Computed((lambda e=e: read(e)), *_tails(adapter, e))
+                       for e in entries if key_of(e) in folded}
+            return {"modules": [_resized(e, e.rank, adapter.layout) if key_of(e) in folded else e for e in entries],
+                    "origins": origins}
         _refuse_unprunable(adapter, entries)
         report = EnergyReport(adapter.arch)
         out: list[ModuleEntry] = []
@@ -86,18 +97,18 @@ class Prune(Op):
         for entry in entries:
             tails = _tails(adapter, entry)
             if params.dynamic:  # the singular values decide the rank, so they are needed now
-                branch = adapter.branch(entry)
+                branch = read(entry)
                 k = _target_rank(entry, _columns(branch, tails, params).singular_values(), params)
             else:  # a fixed rank: nothing is read until the branch is written
                 k = _target_rank(entry, None, params)
-            if k == entry.rank and params.columns is None and params.energy is None:
+            if k == entry.rank and params.columns is None and params.energy is None and key_of(entry) not in folded:
                 # Nothing changes: copied byte for byte, and counted whole.
-                norm = adapter.branch(entry).frobenius_norm() ** 2
+                norm = read(entry).frobenius_norm() ** 2
                 report.add(entry, rank_in=entry.rank, rank_out=k, total=norm, retained=norm)
                 out.append(entry)
                 continue
-            new = _resized(entry, k)
-            origins[key_of(new)] = Computed(_producer(adapter, entry, params, k, tails, report), *tails)
+            new = _resized(entry, k, adapter.layout)
+            origins[key_of(new)] = Computed(_producer(read, entry, params, k, tails, report), *tails)
             out.append(new)
         return {"modules": out, "origins": origins, "report": report}
 
@@ -105,12 +116,17 @@ class Prune(Op):
         return {k: v for k, v in params.model_dump().items() if v not in (None, [], False)}
 
 
-def _kept(adapter: "Adapter", params: PruneParams) -> list[ModuleEntry]:
+def _kept(adapter: "Adapter", params: PruneParams) -> tuple[list[ModuleEntry], dict]:
+    """The branches kept, block weights applied: into alpha where the output can say so (the
+    writable layouts, or a stored alpha tensor), else returned as weights to fold into ``up``."""
+    from adapterctl.layouts.registry import writable
+
     entries = list(adapter.manifest.modules)
     if params.keep_blocks:
         from adapterctl.ops.split import select_entries
 
         entries = select_entries(adapter, keep=[], drop=[], keep_blocks=params.keep_blocks)
+    folded: dict = {}
     for spec in params.scale_blocks:
         weights = parse_block_weights(adapter.arch, spec, flag="--scale-blocks")
         scaled = []
@@ -118,11 +134,17 @@ def _kept(adapter: "Adapter", params: PruneParams) -> list[ModuleEntry]:
             w = weights.weight(adapter.arch, e.module)
             if w == 0:
                 continue
-            scaled.append(e if w == 1 else e.model_copy(update={"alpha": e.alpha * w, "scale": e.scale * w}))
+            if w != 1 and adapter.layout not in writable() and e.tensors.alpha is None:
+                folded[key_of(e)] = folded.get(key_of(e), 1.0) * w
+            elif w != 1:
+                e = e.model_copy(update={"alpha": e.alpha * w, "scale": e.scale * w})
+            scaled.append(e)
         entries = scaled
     if not entries:
         raise UsageError("the selection keeps no branches")
-    return entries
+    if folded:
+        _refuse_unprunable(adapter, [e for e in entries if key_of(e) in folded])
+    return entries, folded
 
 
 def _refuse_unprunable(adapter: "Adapter", entries: list[ModuleEntry]) -> None:
@@ -186,8 +208,15 @@ def _columns(branch: Factored, tails, params: PruneParams) -> Factored:
     return Factored(branch.up, down, branch.scale)
 
 
-def _resized(entry: ModuleEntry, k: int) -> ModuleEntry:
-    """The entry for a computed branch of rank k that a loader applies with the same scale."""
+def _resized(entry: ModuleEntry, k: int, layout: str) -> ModuleEntry:
+    """The entry for a computed branch of rank k that a loader applies with the same scale. A
+    read-only layout (old diffusers) gets no new scale metadata, so its scale goes into the factors."""
+    from adapterctl.layouts.registry import writable
+
+    if layout not in writable():
+        return entry.model_copy(update={"rank": k, "alpha": float(k), "scale": 1.0, "rslora": False,
+                                        "dtype": writable_dtype(entry.dtype), "alpha_dtype": None, "dora": False,
+                                        "tensors": entry.tensors.model_copy(update={"alpha": None})})
     alpha = entry.scale * (math.sqrt(k) if entry.rslora else k)
     return entry.model_copy(update={"rank": k, "alpha": alpha, "dtype": writable_dtype(entry.dtype),
                                     "alpha_dtype": entry.alpha_dtype, "dora": False})
@@ -204,10 +233,10 @@ def _tails(adapter: "Adapter", entry: ModuleEntry) -> tuple[tuple[int, ...], tup
     return tuple(down[1:]), tuple(up[2:])
 
 
-def _producer(adapter: "Adapter", entry: ModuleEntry, params: PruneParams, k: int, tails, report: EnergyReport):
+def _producer(read, entry: ModuleEntry, params: PruneParams, k: int, tails, report: EnergyReport):
     """Computes the branch when the writer reaches it, and records what it kept."""
     def produce() -> Factored:
-        branch = adapter.branch(entry)
+        branch = read(entry)
         kept = _columns(branch, tails, params)
         out, sv = kept.truncated(k)
         total = float(np.sum(sv ** 2)) if kept is branch else branch.frobenius_norm() ** 2
