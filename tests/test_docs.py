@@ -214,9 +214,9 @@ def _python_blocks(text: str) -> list[str]:
 
 
 def test_python_api_example_runs(tmp_path):
-    from adapterctl.examples.make import BLORA, HERE, LOCON
+    from adapterctl.examples.make import BLORA, HERE, LOCON, PAINTING
 
-    for name in (BLORA, LOCON):
+    for name in (BLORA, LOCON, PAINTING):
         shutil.copy(HERE / name, tmp_path / name)
     blocks = _python_blocks((DOCS / "python-api.md").read_text(encoding="utf-8"))
     assert blocks

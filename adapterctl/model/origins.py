@@ -36,10 +36,11 @@ class FromInput:
 
 @dataclass(frozen=True)
 class Computed:
-    """Factors computed on demand. ``down_tail``/``up_tail``: the stored shapes after the rank
-    axis, (in,) or (in, kh, kw) for down and () or (1, 1) for up, as the source stored them."""
+    """Factors computed on demand, shaped like the source's: ``out_features`` rows of up, and
+    ``down_tail``/``up_tail`` after the rank axis ((in,) or (in, kh, kw); () or (1, 1))."""
 
     produce: Callable[[], "Factored"]
+    out_features: int
     down_tail: tuple[int, ...]
     up_tail: tuple[int, ...] = ()
 

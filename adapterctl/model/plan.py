@@ -90,8 +90,7 @@ def _computed(arch, target, entry: ModuleEntry, origin: Computed, qualifier):
         names = {"down": entry.tensors.down, "up": entry.tensors.up}
     pending = _Pair(origin, entry)
     down_shape = (entry.rank,) + origin.down_tail
-    out_features = arch.get(entry.module).out_features
-    up_shape = (out_features, entry.rank) + origin.up_tail
+    up_shape = (origin.out_features, entry.rank) + origin.up_tail
     tensors = [OutTensor.lazy(names["down"], entry.dtype, down_shape, lambda: pending.take("down")),
                OutTensor.lazy(names["up"], entry.dtype, up_shape, lambda: pending.take("up"))]
     keys = {"down": names["down"], "up": names["up"]}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from pydantic import ValidationError
 
-from adapterctl.errors import UnsupportedConversion, UsageError
+from adapterctl.errors import LayoutError, UnsupportedConversion, UsageError
 from adapterctl.format.manifest import ModuleEntry
 from adapterctl.io.arrays import writable_dtype
 from adapterctl.model.origins import Computed, FromInput, key_of
@@ -236,20 +236,20 @@ def _pick_by_roles(adapters: list["Adapter"], report: MergeReport) -> tuple[int,
 
 def _computed(meth: MergeMethod, params, arch, adapters, module: str, parts, factors, report: MergeReport,
               calibration: Optional[dict]):
-    spec = arch.get(module)
-    limit = min(spec.in_features * _kernel(adapters, parts), spec.out_features)
     first_index, first = parts[0]
-    src = adapters[first_index].source
-    down_shape = src.tensors[first.tensors.down].shape
-    up_shape = src.tensors[first.tensors.up].shape
+    down_shape, up_shape = _stored_shapes(adapters, parts, module)
     if meth.inputs == "one":
         if first.role != "expert":
             return first, FromInput(first_index)  # plain branches of an expert file are copied
+        out_features = up_shape[-2]
+        limit = min(math.prod(down_shape[2:]), out_features)
         rank = meth.output_rank((down_shape, up_shape), limit)
-        tails = (tuple(down_shape[2:]), ())
+        tails = (out_features, tuple(down_shape[2:]), ())
     else:
+        out_features = up_shape[0]
+        limit = min(math.prod(down_shape[1:]), out_features)
         rank = meth.rank([e.rank for _, e in parts], limit, params)
-        tails = (tuple(down_shape[1:]), tuple(up_shape[2:]))
+        tails = (out_features, tuple(down_shape[1:]), tuple(up_shape[2:]))
     dtypes = {writable_dtype(e.dtype) for _, e in parts}
     roles = {e.role for _, e in parts}
     entry = first.model_copy(update={
@@ -286,10 +286,21 @@ def _computed(meth: MergeMethod, params, arch, adapters, module: str, parts, fac
     return entry, Computed(produce, *tails)
 
 
-def _kernel(adapters, parts) -> int:
+def _stored_shapes(adapters, parts, module: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The factors' stored shapes (from the files, not the architecture map), which every part
+    must share apart from its rank: else the inputs are not for one base model."""
+    seen = set()
+    for index, entry in parts:
+        tensors = adapters[index].source.tensors
+        down, up = tensors[entry.tensors.down].shape, tensors[entry.tensors.up].shape
+        seen.add((tuple(down[1:]), tuple(up[:1] + up[2:])) if entry.role != "expert" else (down, up))
+    if len(seen) > 1:
+        shapes = sorted(seen)
+        raise LayoutError(f"'{clip(module, 120)}' has different shapes in the inputs ({shapes[0]} and {shapes[1]}, "
+                          "after the rank); they are not adapters of one base model")
     index, entry = parts[0]
-    shape = adapters[index].source.tensors[entry.tensors.down].shape
-    return math.prod(shape[2:]) if entry.kind == "conv" and len(shape) == 4 else 1
+    tensors = adapters[index].source.tensors
+    return tensors[entry.tensors.down].shape, tensors[entry.tensors.up].shape
 
 
 def _calibration(params, adapters) -> Optional[dict]:

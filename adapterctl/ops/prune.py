@@ -194,7 +194,7 @@ def _columns(branch: Factored, tails, params: PruneParams) -> Factored:
     norms2 = np.einsum("ij,ik,kj->j", branch.down, gram, branch.down) * branch.scale ** 2
     # A conv's down is [r, in, kh, kw], flattened to [r, in*kh*kw]: an input channel's kh*kw
     # columns are one feature, kept or dropped together.
-    groups = tails[0][0]
+    groups = tails[1][0]
     per_feature = norms2.reshape(groups, -1).sum(axis=1)  # conv: an input channel's kh*kw columns together
     order = np.argsort(per_feature)[::-1]
     if params.columns is not None:
@@ -222,15 +222,15 @@ def _resized(entry: ModuleEntry, k: int, layout: str) -> ModuleEntry:
                                     "alpha_dtype": entry.alpha_dtype, "dora": False})
 
 
-def _tails(adapter: "Adapter", entry: ModuleEntry) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The stored factor shapes after the rank axis: (in,) or (in, kh, kw), and () or (1, 1)."""
+def _tails(adapter: "Adapter", entry: ModuleEntry) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """The stored factor shapes: up's rows, and after the rank axis (in,) or (in, kh, kw), () or (1, 1)."""
     origin = adapter.origin(entry)
     if isinstance(origin, Computed):
-        return origin.down_tail, origin.up_tail
+        return origin.out_features, origin.down_tail, origin.up_tail
     src = adapter.input_adapters()[origin.index]
     down = src.source.tensors[entry.tensors.down].shape
     up = src.source.tensors[entry.tensors.up].shape
-    return tuple(down[1:]), tuple(up[2:])
+    return up[0], tuple(down[1:]), tuple(up[2:])
 
 
 def _producer(read, entry: ModuleEntry, params: PruneParams, k: int, tails, report: EnergyReport):
