@@ -153,7 +153,7 @@ class Adapter:
     # -- operations ------------------------------------------------------------------------
     def _derive(self, op: str, args: dict, *, origins: Optional[Mapping[BranchKey, Origin]] = None,
                 inputs: Optional[tuple["Adapter", ...]] = None, report: Optional[object] = None,
-                **changes) -> "Adapter":
+                metadata: Optional[dict[str, str]] = None, **changes) -> "Adapter":
         stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
         operation = Operation(op=op, args=args, tool=f"adapterctl {__version__}", at=stamp,
                               inputs=list(range(len(inputs))) if inputs else None)
@@ -172,6 +172,8 @@ class Adapter:
             derived = replace(derived, inputs=inputs)
         if origins is not None:
             derived = replace(derived, origins={**self.origins, **origins})
+        if metadata is not None:
+            derived = replace(derived, metadata=metadata)
         return derived
 
     def tag(self, *, preset: Optional[str] = None, roles: Iterable[str | RoleRule] = (),

@@ -78,15 +78,17 @@ def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Seque
     out: list[ModuleEntry] = []
     origins = {}
     for module, parts in groups.items():
-        factors = [w[i] * per_input_blocks[i].weight(arch, module) for i, _ in parts]
+        weighted_parts = [(part, w[part[0]] * per_input_blocks[part[0]].weight(arch, module)) for part in parts]
+        weighted_parts = [(part, f) for part, f in weighted_parts if f != 0]  # weight 0 drops a part
+        if not weighted_parts:
+            continue
+        parts, factors = [p for p, _ in weighted_parts], [f for _, f in weighted_parts]
         if meth.inputs == "one" or len(parts) > 1:
             entry, origin = _computed(meth, params, arch, adapters, module, parts, factors, report, calibration)
             out.append(entry)
             origins[key_of(entry)] = origin
             continue
         (index, entry), factor = parts[0], factors[0]
-        if factor == 0:
-            continue
         report.copied += 1
         copied = entry if factor == 1 else entry.model_copy(update={"alpha": entry.alpha * factor,
                                                                     "scale": entry.scale * factor})
@@ -278,6 +280,8 @@ def _computed(meth: MergeMethod, params, arch, adapters, module: str, parts, fac
             return merged
         loaded = [adapters[i].branch(e) for i, e in parts]
         merged, stats = meth.merge(loaded, factors, params, module)
+        if merged.rank > rank:  # stacked ranks past min(in, out): the update's own rank fits, exactly
+            merged = merged.truncate(rank)
         if report.measured:
             stats = {**measure(loaded, factors, merged), **stats}
         report.add(module, first.block, stats)

@@ -77,6 +77,8 @@ class Prune(Op):
     Params = PruneParams
 
     def apply(self, adapter: "Adapter", params: PruneParams) -> dict:
+        if adapter.read.lycoris:
+            _refuse_unprunable(adapter, [])
         entries, folded = _kept(adapter, params)
 
         def read(entry: ModuleEntry) -> Factored:
@@ -110,10 +112,23 @@ class Prune(Op):
             new = _resized(entry, k, adapter.layout)
             origins[key_of(new)] = Computed(_producer(read, entry, params, k, tails, report), *tails)
             out.append(new)
-        return {"modules": out, "origins": origins, "report": report}
+        return {"modules": out, "origins": origins, "report": report, "metadata": _kohya_metadata(adapter, out, params)}
 
     def record(self, adapter: "Adapter", params: PruneParams) -> dict:
         return {k: v for k, v in params.model_dump().items() if v not in (None, [], False)}
+
+
+def _kohya_metadata(adapter: "Adapter", entries: list[ModuleEntry], params: PruneParams) -> dict[str, str]:
+    """sd-scripts' ss_network_dim / ss_network_alpha describe the ranks; a resize that left them
+    would misreport the file (kohya's resize_lora rewrites them the same way)."""
+    meta = dict(adapter.metadata)
+    linear = {(e.rank, e.alpha) for e in entries if e.kind == "linear"}
+    if "ss_network_dim" in meta:
+        meta["ss_network_dim"] = str(linear.pop()[0]) if len(linear) == 1 and not params.dynamic else "Dynamic"
+    if "ss_network_alpha" in meta:
+        alphas = {a for _, a in {(e.rank, e.alpha) for e in entries if e.kind == "linear"}}
+        meta["ss_network_alpha"] = str(alphas.pop()) if len(alphas) == 1 and not params.dynamic else "Dynamic"
+    return meta
 
 
 def _kept(adapter: "Adapter", params: PruneParams) -> tuple[list[ModuleEntry], dict]:
