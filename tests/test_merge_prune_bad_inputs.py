@@ -227,11 +227,42 @@ def test_bad_input_is_one_error_line_and_writes_nothing(results, case_id, code, 
     assert not (d / "out.safetensors").exists()
 
 
-def test_inputs_of_different_architectures():
-    if known_architectures() == ["sdxl"]:
-        pytest.skip("only one architecture map exists (sdxl), so no two inputs can be for different "
-                    "architectures; merge's check (ops/merge.py _check_inputs) is unreachable from files today")
-    pytest.fail(f"more architectures exist now ({known_architectures()}): add a file for a second one here")
+def test_inputs_of_different_architectures(tmp_path):
+    """Only an sdxl map exists, so a file for another base model (here its ModelSpec says SD 1.5)
+    is refused when it is opened; merge's own check (two known maps) is covered in the API test."""
+    assert known_architectures() == ["sdxl"], "a second map exists: merge two real files of different maps here"
+    a = kohya(tmp_path / "a.safetensors", {Q4: 4}, seed=1)
+    other = tmp_path / "sd15.safetensors"
+    rng = np.random.default_rng(3)
+    save_file({"lora_unet_output_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_down.weight":
+               rng.standard_normal((4, 320)).astype(np.float32),
+               "lora_unet_output_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_up.weight":
+               rng.standard_normal((320, 4)).astype(np.float32)}, str(other),
+              metadata={"modelspec.architecture": "stable-diffusion-v1/lora"})
+    before = listing(tmp_path)
+    (res,) = run_cli_batch([["merge", a, other, "-m", "cat", "-o", tmp_path / "out.safetensors"]])
+    lines = res.stderr.splitlines()
+    assert res.rc == 4 and len(lines) == 1 and "stable-diffusion-v1" in lines[0] and "architecture map" in lines[0], \
+        res.stderr
+    assert listing(tmp_path) == before
+
+
+def test_merge_checks_that_inputs_share_one_architecture():
+    """The check itself, with a second map stood in by a renamed copy of one input's map."""
+    import copy
+    import dataclasses
+
+    import adapterctl
+    from adapterctl.errors import UsageError
+
+    a = adapterctl.open(REPO / "spec" / "vectors" / "valid_kohya_sgm_locon.safetensors")
+    b = adapterctl.open(REPO / "spec" / "vectors" / "valid_kohya_diffusers_names.safetensors")
+    renamed = copy.copy(load_arch("sdxl"))
+    renamed.name = "sdxl-other"
+    assert a.arch.name == "sdxl"
+    b = dataclasses.replace(b, arch=renamed)
+    with pytest.raises(UsageError, match="different architectures"):
+        adapterctl.merge([a, b], "cat")
 
 
 def test_rank_too_large_with_copy_smaller_copies(tmp_path):
