@@ -15,10 +15,10 @@ import struct
 import numpy as np
 import pytest
 from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 import adapterctl
-from adapterctl.arch import load_arch
+from _lora_files import ARCH, CONV1, CONV3, K5, KOHYA_NAMES, Q4, TE, V3, Branch, kohya_branch, read_kohya
 from adapterctl.errors import UsageError
 from adapterctl.lowrank import Factored
 from adapterctl.lowrank.ziplora import zip_merge
@@ -26,37 +26,10 @@ from adapterctl.lowrank.ziplora import zip_merge
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore:The following alpha_pattern keys:RuntimeWarning")]
 
-ARCH = load_arch("sdxl")
-KOHYA_NAMES = {**{ARCH.kohya_name(n, sgm=False): n for n in ARCH.modules},
-               **{ARCH.kohya_name(n, sgm=True): n for n in ARCH.modules}}
-
-TE = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"  # 768x768, LBW BASE
-CONV3 = "unet.conv_in"  # 3x3 conv 4 -> 320 (in*k = 36); IN00: no slot in the 12-value LBW list
-CONV1 = "unet.down_blocks.1.resnets.0.conv_shortcut"  # 1x1 conv 320 -> 640, IN04
-Q4 = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"  # 640x640, IN04
-K5 = "unet.down_blocks.1.attentions.1.transformer_blocks.0.attn1.to_k"  # 640x640, IN05
-V3 = "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v"  # 640x640, OUT03
-
 # name -> (rank, alpha); alpha None = no alpha tensor (kohya: alpha = rank)
 SPEC_A = {TE: (4, 2.0), CONV3: (4, 1.0), CONV1: (3, 6.0), Q4: (4, 2.0), K5: (5, 2.5)}
 SPEC_B = {CONV3: (2, None), CONV1: (5, 2.5), Q4: (6, 3.0), V3: (3, 1.5)}
 SPEC_C = {CONV3: (3, 1.5), Q4: (2, None), K5: (1, 4.0)}
-
-
-class Branch:
-    """A stored branch as numbers: delta_W = scale * up @ down (factors flattened, float64)."""
-
-    def __init__(self, up, down, scale):
-        self.up = np.asarray(up, np.float64).reshape(up.shape[0], -1)
-        self.down = np.asarray(down, np.float64).reshape(down.shape[0], -1)
-        self.scale = float(scale)
-
-    @property
-    def rank(self):
-        return self.down.shape[0]
-
-    def dense(self):
-        return self.scale * (self.up @ self.down)
 
 
 def singular_values(b: Branch) -> np.ndarray:
@@ -83,32 +56,9 @@ def kohya_file(path, spec, *, seed, columns=None, dtype=np.float32):
             down = down * mask.reshape((1, -1) + (1,) * len(kernel))
         up = rng.standard_normal((s.out_features, rank) + ((1, 1) if kernel else ())) * 0.3
         down, up = down.astype(dtype), up.astype(dtype)
-        base = ARCH.kohya_name(name)
-        tensors[f"{base}.lora_down.weight"] = down
-        tensors[f"{base}.lora_up.weight"] = up
-        if alpha is not None:
-            tensors[f"{base}.alpha"] = np.array(alpha, dtype=np.float32)
-        truth[name] = Branch(up, down, (rank if alpha is None else alpha) / rank)
+        truth[name] = kohya_branch(tensors, name, up, down, alpha)
     save_file(tensors, str(path))
     return truth
-
-
-def read_kohya(path) -> dict[str, np.ndarray]:
-    """canonical name -> delta_W of a kohya file, read with safetensors alone."""
-    arrays = load_file(str(path))
-    out = {}
-    for key in arrays:
-        assert key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")), key
-        if not key.endswith(".lora_down.weight"):
-            continue
-        base = key.removesuffix(".lora_down.weight")
-        down, up = arrays[key], arrays[f"{base}.lora_up.weight"]
-        rank = down.shape[0]
-        alpha = float(arrays[f"{base}.alpha"]) if f"{base}.alpha" in arrays else rank
-        name = KOHYA_NAMES[base]
-        assert name not in out
-        out[name] = Branch(up, down, alpha / rank).dense()
-    return out
 
 
 def raw_tensors(path) -> dict[str, tuple[str, tuple, bytes]]:

@@ -14,25 +14,13 @@ import struct
 import numpy as np
 import pytest
 from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 import adapterctl
-from adapterctl.arch import load_arch
+from _lora_files import ARCH, CONV1, CONV3, K5, KOHYA_NAMES, P4, Q4, TE, V3, Branch, kohya_branch, read_kohya
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore:The following alpha_pattern keys:RuntimeWarning")]
-
-ARCH = load_arch("sdxl")
-KOHYA_NAMES = {**{ARCH.kohya_name(n, sgm=False): n for n in ARCH.modules},
-               **{ARCH.kohya_name(n, sgm=True): n for n in ARCH.modules}}
-
-TE = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"  # 768x768, LBW BASE
-CONV3 = "unet.conv_in"  # 3x3 conv 4 -> 320; IN00: no slot in the 12-value LBW list
-CONV1 = "unet.down_blocks.1.resnets.0.conv_shortcut"  # 1x1 conv 320 -> 640, IN04
-Q4 = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"  # IN04
-P4 = "unet.down_blocks.1.attentions.0.proj_in"  # same block as Q4
-K5 = "unet.down_blocks.1.attentions.1.transformer_blocks.0.attn1.to_k"  # IN05
-V3 = "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v"  # OUT03
 
 # The block of each module, written out (not read from the architecture map).
 BLOCK = {TE: "text_encoder.layers.0", CONV3: "conv_in", CONV1: "down_blocks.1.resnets.0",
@@ -42,20 +30,6 @@ BLOCK = {TE: "text_encoder.layers.0", CONV3: "conv_in", CONV1: "down_blocks.1.re
 # name -> (rank, alpha, singular-value decay); alpha None = no alpha tensor (alpha = rank)
 SPEC = {TE: (8, 4.0, 0.55), CONV3: (6, 3.0, 0.7), CONV1: (8, 2.0, 0.85), Q4: (8, None, 0.4),
         P4: (7, 10.5, 0.75), K5: (6, 12.0, 0.6), V3: (5, 2.5, 0.9)}
-
-
-class Branch:
-    def __init__(self, up, down, scale):
-        self.up = np.asarray(up, np.float64).reshape(up.shape[0], -1)
-        self.down = np.asarray(down, np.float64).reshape(down.shape[0], -1)
-        self.scale = float(scale)
-
-    @property
-    def rank(self):
-        return self.down.shape[0]
-
-    def dense(self):
-        return self.scale * (self.up @ self.down)
 
 
 def kohya_file(path, spec, *, seed):
@@ -75,29 +49,9 @@ def kohya_file(path, spec, *, seed):
         up_shape = (s.out_features, rank) + ((1, 1) if kernel else ())
         up = np.ascontiguousarray(u * root, dtype=np.float32).reshape(up_shape)
         down = np.ascontiguousarray(root[:, None] * v.T, dtype=np.float32).reshape((rank, s.in_features) + kernel)
-        base = ARCH.kohya_name(name)
-        tensors[f"{base}.lora_down.weight"] = down
-        tensors[f"{base}.lora_up.weight"] = up
-        if alpha is not None:
-            tensors[f"{base}.alpha"] = np.array(alpha, dtype=np.float32)
-        truth[name] = Branch(up, down, (rank if alpha is None else alpha) / rank)
+        truth[name] = kohya_branch(tensors, name, up, down, alpha)
     save_file(tensors, str(path))
     return truth
-
-
-def read_kohya(path) -> dict[str, np.ndarray]:
-    arrays = load_file(str(path))
-    out = {}
-    for key in arrays:
-        assert key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")), key
-        if not key.endswith(".lora_down.weight"):
-            continue
-        base = key.removesuffix(".lora_down.weight")
-        down, up = arrays[key], arrays[f"{base}.lora_up.weight"]
-        rank = down.shape[0]
-        alpha = float(arrays[f"{base}.alpha"]) if f"{base}.alpha" in arrays else rank
-        out[KOHYA_NAMES[base]] = Branch(up, down, alpha / rank).dense()
-    return out
 
 
 def raw_tensors(path) -> dict[str, tuple[str, tuple, bytes]]:
@@ -421,7 +375,6 @@ def test_report_per_block_matches_numpy(source, tmp_path):
     doc = json.loads(report.read_text())
     per_block: dict[str, dict] = {}
     for name, b in truth.items():
-        dense = b.dense()
         k = 2 if ARCH.get(name).kind == "conv" else 3
         s = singular_values(b)
         row = per_block.setdefault(BLOCK[name], {"modules": 0, "rank_in": 0, "rank_out": 0, "total": 0.0, "kept": 0.0})

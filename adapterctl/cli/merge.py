@@ -19,7 +19,6 @@ from adapterctl.cli._write import Extras, default_output, save_and_report
 from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, JsonOpt, OutputOpt, QuietOpt
 from adapterctl.cli.output import Output
 from adapterctl.cli.prune import ReportOpt
-from adapterctl.cli.split import _words
 from adapterctl.layouts.registry import writable, writer
 
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Also draw block x metric heatmaps (PNG; needs "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapterctl.errors import AdapterError, InvalidFile
-from adapterctl.format.constants import (DIFFUSERS_METADATA_KEY, DROPPED_STALE_KEYS, FORMAT_KEY, FORMAT_NAME,
+from adapterctl.format.constants import (DROPPED_STALE_KEYS, FORMAT_KEY, FORMAT_NAME,
                                          FORMAT_VERSION, MANIFEST_KEY, MODELSPEC_VERSION)
 from adapterctl.format.manifest import Provenance, Source
 from adapterctl.io.atomic import atomic_directory
