@@ -33,8 +33,7 @@ from adapterctl.lowrank.factored import Factored, _gram_root, basis
 
 
 @dataclass(frozen=True)
-class ZipResult:
-    merged: Factored
+class Mergers:
     m_content: np.ndarray
     m_style: np.ndarray
     steps: int
@@ -42,9 +41,22 @@ class ZipResult:
     loss_end: float
 
 
+@dataclass(frozen=True)
+class ZipResult(Mergers):
+    merged: Factored = None
+
+
 def zip_merge(content: Factored, style: Factored, *, axis: str = "input", lam: float = 0.01, steps: int = 8,
               tol: float = 1e-3) -> ZipResult:
     """Optimise the mergers (initialised to 1) and fold them into one factored branch."""
+    m = find_mergers(content, style, axis=axis, lam=lam, steps=steps, tol=tol)
+    return ZipResult(m.m_content, m.m_style, m.steps, m.loss_start, m.loss_end,
+                     fold(content, style, m.m_content, m.m_style, axis))
+
+
+def find_mergers(content: Factored, style: Factored, *, axis: str = "input", lam: float = 0.01, steps: int = 8,
+                 tol: float = 1e-3) -> Mergers:
+    """The merger vectors (initialised to 1) that minimise the per-module objective."""
     c = content.with_scale(1.0)
     s = style.with_scale(1.0)
     objective = (_InputAxis if axis == "input" else _OutputAxis)(c, s, lam)
@@ -73,8 +85,7 @@ def zip_merge(content: Factored, style: Factored, *, axis: str = "input", lam: f
     if not np.isfinite(final) or final > loss0:  # a sign flip took it off the quadratic: keep the start
         z, final = np.ones_like(z), loss0
     n = objective.size // 2
-    m_c, m_s = z[:n].astype(np.float64), z[n:].astype(np.float64)
-    return ZipResult(fold(c, s, m_c, m_s, axis), m_c, m_s, step, float(loss0), float(final))
+    return Mergers(z[:n].astype(np.float64), z[n:].astype(np.float64), step, float(loss0), float(final))
 
 
 def fold(c: Factored, s: Factored, m_c: np.ndarray, m_s: np.ndarray, axis: str) -> Factored:

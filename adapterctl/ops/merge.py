@@ -99,7 +99,7 @@ def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Seque
 
     base = replace(adapters[0], pending=(), origins={}, inputs=(), metadata={}, report=None)
     args = {"method": meth.name, "inputs": [clip(a.path.name, 200) for a in adapters], "weights": list(w),
-            "block_weights": list(block_weights), **_args(params)}
+            "block_weights": list(block_weights), **_args(params), **report.planned_summary()}
     return base._derive("merge", args, inputs=tuple(adapters), origins=origins, report=report,
                         modules=out, layout=target, method="ziplora" if meth.name == "zip" and origins_computed(origins)
                         else "merged",
@@ -268,6 +268,13 @@ def _computed(meth: MergeMethod, params, arch, adapters, module: str, parts, fac
     elif entry.role_source is None:
         entry = entry.model_copy(update={"role_source": "declared"})
 
+    planned, planned_stats = None, {}
+    if meth.inputs != "one":
+        found = meth.plan([adapters[i].branch(e) for i, e in parts], factors, params, module)
+        if found is not None:
+            planned, planned_stats = found
+            report.planned.append(planned_stats)
+
     def produce():
         if meth.inputs == "one":
             from adapterctl.model.factors import read_experts
@@ -279,7 +286,8 @@ def _computed(meth: MergeMethod, params, arch, adapters, module: str, parts, fac
             report.add(module, first.block, {"experts": float(len(w)), "weights_max": float(w.max())})
             return merged
         loaded = [adapters[i].branch(e) for i, e in parts]
-        merged, stats = meth.merge(loaded, factors, params, module)
+        merged, stats = meth.merge(loaded, factors, params, module, planned=planned)
+        stats = {**planned_stats, **stats}
         if merged.rank > rank:  # stacked ranks past min(in, out): the update's own rank fits, exactly
             merged = merged.truncate(rank)
         if report.measured:

@@ -59,6 +59,16 @@ class MergeReport:
     notes: list[str] = field(default_factory=list)
     copied: int = 0
     by_module: dict[tuple, dict] = field(default_factory=dict)  # (module, role) -> row
+    planned: list[dict] = field(default_factory=list)  # statistics known before writing (zip's mergers)
+
+    def planned_summary(self) -> dict[str, float]:
+        """Means over modules of what the method found before writing, for the provenance record."""
+        if not self.planned:
+            return {}
+        keys = self.planned[0].keys()
+        out = {f"{self.method}_{k}_mean": float(np.mean([p[k] for p in self.planned])) for k in keys}
+        out[f"{self.method}_modules"] = len(self.planned)
+        return out
 
     def add(self, module: str, block: Optional[str], stats: dict) -> None:
         self.by_module[(module, None)] = {"module": module, "block": block, **stats}

@@ -9,13 +9,13 @@ updates, as peft does). A method never reads files or writes provenance.
     class Cat(MergeMethod):
         name = "cat"
         summary = "exact weighted sum, rank r1 + r2 + ..."
-        def merge(self, parts, weights, params, module): return concat(parts, weights), {}
+        def merge(self, parts, weights, params, module, planned=None): return concat(parts, weights), {}
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 from adapterctl.lowrank import Factored
 from adapterctl.ops.base import Params
@@ -38,9 +38,15 @@ class MergeMethod(ABC):
         """The output rank of a module whose parts have ``ranks`` (``limit`` = min(in, out))."""
         return min(sum(ranks), limit)
 
+    def plan(self, parts: list[Factored], weights: list[float], params: MethodParams,
+             module: str) -> Optional[tuple[object, dict[str, float]]]:
+        """Work done before the output's header is written, when its statistics belong in the
+        provenance record (zip's mergers): (state handed to ``merge``, statistics), or None."""
+        return None
+
     @abstractmethod
     def merge(self, parts: list[Factored], weights: list[float], params: MethodParams,
-              module: str) -> tuple[Factored, dict[str, float]]:
+              module: str, planned: object = None) -> tuple[Factored, dict[str, float]]:
         """The merged branch (rank at most ``rank(...)``) and per-module statistics for the report."""
 
 

@@ -40,7 +40,7 @@ class Experts(MergeMethod):
     def rank(self, ranks, limit, params):
         return min(sum(ranks), limit)
 
-    def merge(self, parts, weights, params, module):  # pragma: no cover - the driver calls collapse()
+    def merge(self, parts, weights, params, module, planned=None):  # pragma: no cover - the driver calls collapse()
         raise NotImplementedError("experts collapses one branch's arrays; see collapse()")
 
     def mixture(self, arrays: dict[str, np.ndarray], params: ExpertParams, module: str,

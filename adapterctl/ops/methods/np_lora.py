@@ -28,7 +28,7 @@ class NullSpace(MergeMethod):
     Params = NpParams
     inputs = "pair"
 
-    def merge(self, parts, weights, params, module):
+    def merge(self, parts, weights, params, module, planned=None):
         content, style = (weighted(p, w) for p, w in zip(parts, weights))
         moved, kept = (content, style) if params.project == "content" else (style, content)
         v = row_basis(kept)

@@ -14,7 +14,7 @@ class Cat(MergeMethod):
     name = "cat"
     summary = "exact weighted sum, sum(w_i dW_i) at rank r1+r2+... (weights default to 1)"
 
-    def merge(self, parts, weights, params, module):
+    def merge(self, parts, weights, params, module, planned=None):
         return concat(parts, weights), {}
 
 

@@ -27,7 +27,7 @@ class Svd(MergeMethod):
     def rank(self, ranks, limit, params):
         return min(params.rank or max(ranks), sum(ranks), limit)
 
-    def merge(self, parts, weights, params, module):
+    def merge(self, parts, weights, params, module, planned=None):
         total = concat(parts, weights)
         out, sv = total.truncated(self.rank([p.rank for p in parts], min(total.shape), params))
         kept = float((sv[:out.rank] ** 2).sum())

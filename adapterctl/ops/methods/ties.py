@@ -40,7 +40,7 @@ class _Dense(MergeMethod):
     def rank(self, ranks, limit, params):
         return min(params.rank or max(ranks), limit)
 
-    def merge(self, parts, weights, params, module):
+    def merge(self, parts, weights, params, module, planned=None):
         rng = np.random.default_rng([params.seed, zlib.crc32(module.encode("utf-8", "surrogatepass"))])
         tasks = np.stack([self._trimmed(p.dense(), params.density, rng) for p in parts])
         w = np.asarray(weights, dtype=np.float64).reshape(-1, 1, 1)

@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from adapterctl.lowrank.ziplora import zip_merge
+from adapterctl.lowrank.ziplora import find_mergers, fold
 from adapterctl.ops.methods.base import MergeMethod, MethodParams, weighted
 
 
@@ -23,11 +23,18 @@ class Zip(MergeMethod):
     Params = ZipParams
     inputs = "pair"
 
-    def merge(self, parts, weights, params, module):
+    def plan(self, parts, weights, params, module):
+        """The mergers are found before the header is written, so their statistics can go into
+        the provenance record; only the vectors are kept (2 x in floats per module)."""
         content, style = (weighted(p, w) for p, w in zip(parts, weights))
-        out = zip_merge(content, style, axis=params.axis, lam=params.lam, steps=params.steps)
-        return out.merged, {
-            "steps": float(out.steps), "loss_start": out.loss_start, "loss_end": out.loss_end,
-            "merger_content_mean": float(np.mean(out.m_content)), "merger_style_mean": float(np.mean(out.m_style)),
-            "merger_overlap": float(np.mean(np.abs(out.m_content * out.m_style))),
+        m = find_mergers(content, style, axis=params.axis, lam=params.lam, steps=params.steps)
+        return m, {
+            "steps": float(m.steps), "loss_start": m.loss_start, "loss_end": m.loss_end,
+            "merger_content_mean": float(np.mean(m.m_content)), "merger_style_mean": float(np.mean(m.m_style)),
+            "merger_overlap": float(np.mean(np.abs(m.m_content * m.m_style))),
         }
+
+    def merge(self, parts, weights, params, module, planned=None):
+        content, style = (weighted(p, w) for p, w in zip(parts, weights))
+        m = planned if planned is not None else self.plan(parts, weights, params, module)[0]
+        return fold(content, style, m.m_content, m.m_style, params.axis), {}
