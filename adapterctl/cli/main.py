@@ -11,10 +11,16 @@ import os
 import sys
 import warnings
 
-import typer
+# One BLAS thread unless the user says otherwise, set before numpy can load: the matrices of a
+# merge or prune are small (r x in), so a second OpenBLAS thread only doubled CPU time on 2 cores,
+# and on a busy machine its spin-waiting made merges 3-9x slower (docs/benchmarks.md).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from adapterctl import __version__
-from adapterctl.cli import convert, demo, inspect, merge, prune, split, tag, validate
+import typer  # noqa: E402 - after the thread defaults, on purpose
+
+from adapterctl import __version__  # noqa: E402
+from adapterctl.cli import convert, demo, inspect, merge, prune, split, tag, validate  # noqa: E402
 
 app = typer.Typer(
     name="adapterctl",

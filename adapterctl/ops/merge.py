@@ -32,9 +32,6 @@ from adapterctl.textsafe import clip
 if TYPE_CHECKING:
     from adapterctl.adapter import Adapter
 
-_PICK = {"content": ("content", None), "style": ("style", None)}  # roles a picked input contributes
-
-
 def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Sequence[float]] = None,
           block_weights: Sequence[str] = (), content: Optional[int] = None, style: Optional[int] = None,
           pick_roles: bool = False, to: Optional[str] = None, measure_quality: bool = False,
@@ -100,14 +97,9 @@ def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Seque
     base = replace(adapters[0], pending=(), origins={}, inputs=(), metadata={}, report=None)
     args = {"method": meth.name, "inputs": [clip(a.path.name, 200) for a in adapters], "weights": list(w),
             "block_weights": list(block_weights), **_args(params), **report.planned_summary()}
-    return base._derive("merge", args, inputs=tuple(adapters), origins=origins, report=report,
-                        modules=out, layout=target, method="ziplora" if meth.name == "zip" and origins_computed(origins)
-                        else "merged",
-                        preset=None, role_rules=[])
-
-
-def origins_computed(origins: dict) -> bool:
-    return any(isinstance(o, Computed) for o in origins.values())
+    zipped = meth.name == "zip" and any(isinstance(o, Computed) for o in origins.values())
+    return base._derive("merge", args, inputs=tuple(adapters), origins=origins, report=report, modules=out,
+                        layout=target, method="ziplora" if zipped else "merged", preset=None, role_rules=[])
 
 
 def _params(meth: MergeMethod, given: dict):
