@@ -5,7 +5,7 @@ The top level stays cheap to import: heavy modules load on first use.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from adapterctl.version import __version__
 
 __all__ = ["open", "merge", "merge_methods", "Adapter", "AdapterError", "__version__"]
 

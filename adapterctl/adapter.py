@@ -16,9 +16,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional
 
-from adapterctl import __version__
+from adapterctl.version import __version__
 from adapterctl.arch import ArchMap, known_architectures, load_arch
 from adapterctl.errors import InvalidFile, UnknownArchitecture, UsageError
 from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY
@@ -30,20 +30,12 @@ from adapterctl.layouts.read import ReadResult, read_layout
 from adapterctl.model.origins import BranchKey, Computed, FromInput, Origin, key_of
 from adapterctl.textsafe import clip
 
+if TYPE_CHECKING:
+    from adapterctl.ops.save import SaveResult
+
 # modelspec.architecture / ss_base_model_version values we know, mapped to architecture maps.
 _ARCH_HINTS = {"stable-diffusion-xl-v1-base": "sdxl", "sdxl_base_v1-0": "sdxl", "sdxl": "sdxl"}
 _OUR_KEYS = (MANIFEST_KEY, FORMAT_KEY, DIFFUSERS_METADATA_KEY)
-
-
-@dataclass(frozen=True)
-class SaveResult:
-    path: Path
-    layout: str
-    tensors: int
-    bytes: int
-    sha256: str
-    source_sha256: Optional[str]
-    source_sha256s: tuple[str, ...] = ()  # every input's, in order (a merge has several)
 
 
 @dataclass(frozen=True)
@@ -210,11 +202,12 @@ class Adapter:
 
         return base.run(registry.get(op), self, **params)
 
-    def save(self, path, *, force: bool = False, strip_foreign: bool = False, durable: bool = False) -> SaveResult:
+    def save(self, path, *, force: bool = False, strip_foreign: bool = False, durable: bool = False) -> "SaveResult":
         """Write atomically. ``durable`` also fsyncs, so the file survives a power loss."""
         from adapterctl.ops.save import save_adapter
 
-        return save_adapter(self, Path(path), force=force, strip_foreign=strip_foreign, durable=durable)
+        return save_adapter(self, Path(path), force=force, strip_foreign=strip_foreign, durable=durable,
+                            reader=type(self))
 
     def close(self) -> None:
         for adapter in self.inputs:

@@ -26,7 +26,9 @@ from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, MANIFEST_KEY
 from adapterctl.layouts.registry import writable
 from adapterctl.format.manifest import Manifest, ModuleEntry, TensorKeys
 from adapterctl.io.safetensors_file import SafetensorsFile
-from adapterctl.layouts.keys import LYCORIS_SUFFIXES, ParsedKey, parse_key
+from adapterctl.layouts.keys import ParsedKey
+from adapterctl.layouts.lycoris import SUFFIXES as LYCORIS_SUFFIXES
+from adapterctl.layouts.registry import parse_key
 from adapterctl.layouts.write import factor_names
 from adapterctl.report import inspect_report
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from adapterctl.layouts.keys import parse_key
+from adapterctl.layouts.registry import parse_key
 
 
 @pytest.mark.parametrize("key, family, component, path, part, qualifier", [

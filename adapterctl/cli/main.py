@@ -19,7 +19,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import typer  # noqa: E402 - after the thread defaults, on purpose
 
-from adapterctl import __version__  # noqa: E402
+from adapterctl.version import __version__  # noqa: E402
 from adapterctl.cli import convert, demo, inspect, merge, prune, split, tag, validate  # noqa: E402
 
 app = typer.Typer(

@@ -20,8 +20,10 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from adapterctl.format.constants import DIFFUSERS_METADATA_KEY
 from adapterctl.layouts import keys as K
 from adapterctl.layouts.base import Layout
+from adapterctl.layouts.lora_config import diffusers_metadata
 
 SUFFIX = re.compile(
     r"\.(?:"
@@ -79,9 +81,6 @@ class Diffusers(Layout):
         return _ab_names(f"{spec.component}.{spec.path}", entry, qualifier)
 
     def header_metadata(self, entries, arch):
-        from adapterctl.format.constants import DIFFUSERS_METADATA_KEY
-        from adapterctl.layouts.write import diffusers_metadata
-
         return {DIFFUSERS_METADATA_KEY: diffusers_metadata(entries, arch)}
 
 

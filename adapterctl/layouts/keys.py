@@ -1,8 +1,8 @@
 """What a parsed tensor key says: which tensor of which LoRA branch it is.
 
 The grammars live with their layouts (kohya.py, lycoris.py, diffusers.py, peft.py), gguf-py
-style: each foreign key shape is written down once, in its layout's module; ``parse_key`` tries
-them in ``registry.LAYOUTS`` order. Turning module paths into canonical names (and SGM names
+style: each foreign key shape is written down once, in its layout's module; ``registry.parse_key``
+tries them in ``registry.LAYOUTS`` order. Turning module paths into canonical names (and SGM names
 into diffusers ones) is the architecture map's job.
 """
 
@@ -34,13 +34,6 @@ class ParsedKey:
     lycoris: Optional[str] = None
 
 
-def parse_key(key: str) -> Optional[ParsedKey]:
-    """Return what a tensor key is, or None when no layout's grammar knows it."""
-    from adapterctl.layouts.registry import parse_key as parse
-
-    return parse(key)
-
-
 def split_component(prefixed: str) -> tuple[Optional[str], str, bool]:
     """(component, module path, doubled 'unet.unet.' prefix) of a dotted key stem."""
     match = _COMPONENT_PREFIX.match(prefixed)
@@ -60,20 +53,3 @@ def bare_component_guess(path: str) -> Optional[str]:
     if path.startswith(_UNET_ROOTS):
         return "unet"
     return None
-
-
-def __getattr__(name: str):
-    # The kohya and LyCORIS tables moved to their layouts' modules; old imports keep working.
-    if name == "KOHYA_PREFIXES":
-        from adapterctl.layouts.kohya import PREFIXES
-
-        return PREFIXES
-    if name == "KOHYA_SUFFIXES":
-        from adapterctl.layouts.kohya import SUFFIXES
-
-        return SUFFIXES
-    if name == "LYCORIS_SUFFIXES":
-        from adapterctl.layouts.lycoris import SUFFIXES
-
-        return SUFFIXES
-    raise AttributeError(name)

@@ -20,12 +20,12 @@ from adapterctl.format.manifest import ModuleEntry, TensorKeys
 from adapterctl.io import safe_json
 from adapterctl.io.safetensors_file import SafetensorsFile, TensorInfo
 from adapterctl.layouts import keys as K
+from adapterctl.layouts.kohya import PREFIXES as KOHYA_PREFIXES
+from adapterctl.layouts.registry import LAYOUTS, parse_key
 from adapterctl.layouts.scaling import PeftScaling, decode_scalar, split_diffusers_metadata
 from adapterctl.textsafe import clip
 
 def _groups() -> dict[str, str]:
-    from adapterctl.layouts.registry import LAYOUTS
-
     # Families of plain (up, down) factors, and which of them loaders treat as one layout.
     return {layout.name: layout.group for layout in LAYOUTS if layout.name != "lycoris"}
 
@@ -45,7 +45,7 @@ def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dic
     parsed: list[K.ParsedKey] = []
     unknown: list[str] = []
     for name in st.tensors:
-        p = K.parse_key(name)
+        p = parse_key(name)
         (parsed.append(p) if p else unknown.append(name))
     lycoris = Counter(p.lycoris for p in parsed if p.family == "lycoris")
     groups_of = _groups()
@@ -199,9 +199,7 @@ def _check_pair(st, down: TensorInfo, up: TensorInfo, expert: bool) -> int:
 def _canonical(arch: ArchMap, component, path, down, up, expert, parts) -> Optional[str]:
     any_key = next(iter(parts.values()))
     if any_key.family == "kohya":
-        from adapterctl.layouts.kohya import PREFIXES
-
-        prefix = next(p for p, c in PREFIXES.items() if c == component and any_key.key.startswith(p))
+        prefix = next(p for p, c in KOHYA_PREFIXES.items() if c == component and any_key.key.startswith(p))
         return arch.kohya_names().get(prefix + path)
     candidates = [component] if component else list(arch.components)
     in_features = down.shape[-1] if expert else down.shape[1]

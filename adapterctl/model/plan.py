@@ -18,8 +18,7 @@ from adapterctl.format.roles import TAGGABLE_ROLES
 from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.io.writer import OutTensor
 from adapterctl.layouts import write as W
-from adapterctl.layouts.keys import parse_key
-from adapterctl.layouts.registry import get
+from adapterctl.layouts.registry import get, parse_key
 from adapterctl.model.origins import BranchKey, Computed, FromInput, Origin, key_of
 
 _COPIED_PARTS = ("down", "up", "magnitude", "router_weight", "router_bias")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from adapterctl.errors import AdapterError, InvalidFile
 from adapterctl.format.constants import (DROPPED_STALE_KEYS, FORMAT_KEY, FORMAT_NAME,
@@ -19,20 +20,31 @@ from adapterctl.format.constants import (DROPPED_STALE_KEYS, FORMAT_KEY, FORMAT_
 from adapterctl.format.manifest import Provenance, Source
 from adapterctl.io.atomic import atomic_directory
 from adapterctl.io.writer import HashSlots, write_safetensors
-from adapterctl.layouts import write as W
+from adapterctl.layouts.lora_config import peft_adapter_config
 from adapterctl.layouts.peft_dir import CONFIG_NAME, WEIGHTS_NAME
 from adapterctl.layouts.registry import get as get_layout
 from adapterctl.model.plan import InputFile, plan_tensors
 from adapterctl.textsafe import clip
 
 if TYPE_CHECKING:
-    from adapterctl.adapter import Adapter, SaveResult
+    from adapterctl.adapter import Adapter
 
 
-def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: bool,
-                 durable: bool = False) -> "SaveResult":
-    from adapterctl.adapter import SaveResult
+@dataclass(frozen=True)
+class SaveResult:
+    path: Path
+    layout: str
+    tensors: int
+    bytes: int
+    sha256: str
+    source_sha256: Optional[str]
+    source_sha256s: tuple[str, ...] = ()  # every input's, in order (a merge has several)
 
+
+def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: bool, durable: bool = False,
+                 reader: type) -> SaveResult:
+    """``reader``: the Adapter class, whose ``open``/``open_fd`` read the output back before it
+    is named (passed in, so that this module never imports the one that calls it)."""
     _refuse_nonfinite(adapter)
     target = adapter.manifest.layout
     sources = adapter.input_adapters()
@@ -53,14 +65,14 @@ def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: 
     layout = get_layout(target)  # may be a read-only layout whose names are kept (split, tag)
     if layout.directory:  # peft: the weights and adapter_config.json, staged and renamed together
         with atomic_directory(path, force=force, inputs=inputs, allowed=frozenset({CONFIG_NAME, WEIGHTS_NAME}),
-                              verify=_reads_back_dir) as staging:
+                              verify=_reads_back_dir(reader)) as staging:
             result = write_safetensors(staging / WEIGHTS_NAME, tensors, metadata, sources=files,
                                        durable=durable, slots=slots, check_finite=True)
-            config = W.peft_adapter_config(entries, adapter.arch)
+            config = peft_adapter_config(entries, adapter.arch)
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     else:
         result = write_safetensors(path, tensors, metadata, sources=files, force=force, inputs=inputs,
-                                   durable=durable, slots=slots, verify=_reads_back(path, adapter.arch.name),
+                                   durable=durable, slots=slots, verify=_reads_back(reader, path, adapter.arch.name),
                                    check_finite=True)
     return SaveResult(path=path, layout=target, tensors=len(tensors), bytes=result.nbytes,
                       sha256=result.sha256, source_sha256=result.source_sha256,
@@ -89,17 +101,13 @@ def _refuse_nonfinite(adapter: "Adapter") -> None:
                               "write an adapter that no loader can apply", path=str(adapter.path))
 
 
-def _reads_back(path: Path, arch: str):
+def _reads_back(reader, path: Path, arch: str):
     """Before the output gets its name: adapterctl must read it back, header, layout and manifest."""
-    from adapterctl.adapter import Adapter
-
-    return lambda fd: _read_back(lambda: Adapter.open_fd(fd, path, arch=arch))
+    return lambda fd: _read_back(lambda: reader.open_fd(fd, path, arch=arch))
 
 
-def _reads_back_dir(staging: Path) -> None:
-    from adapterctl.adapter import Adapter
-
-    _read_back(lambda: Adapter.open(staging))
+def _reads_back_dir(reader):
+    return lambda staging: _read_back(lambda: reader.open(staging))
 
 
 def _read_back(opener) -> None:
