@@ -199,6 +199,21 @@ def valid_tagged_adapterctl(out: Path) -> None:
         _pin_volatile(Path(tmp) / name, out / name)
 
 
+def valid_merged_cat(out: Path) -> None:
+    """adapterctl's merge output: two vectors merged with 'cat' (weights 1 and 0.5). The shared
+    module is computed (rank 2 + 2), the others are copied; provenance lists both inputs and the
+    merge operation with its 'inputs' indices. cat is elementwise arithmetic, so the bytes do not
+    depend on the machine's BLAS."""
+    import adapterctl
+
+    name = "valid_merged_cat.safetensors"
+    with tempfile.TemporaryDirectory() as tmp:
+        with adapterctl.open(out / "valid_kohya_sgm_locon.safetensors") as a, \
+                adapterctl.open(out / "valid_kohya_diffusers_names.safetensors") as b:
+            adapterctl.merge([a, b], "cat", weights=[1.0, 0.5]).save(Path(tmp) / name)
+        _pin_volatile(Path(tmp) / name, out / name)
+
+
 def _pin_volatile(src: Path, dst: Path, edit: Callable[[dict], None] | None = None) -> None:
     with SafetensorsFile(src) as st:
         meta = dict(st.metadata)
@@ -290,7 +305,7 @@ def valid_control_chars(out: Path) -> None:
 VALID: list[Callable[[Path], None]] = [
     valid_kohya_sgm_locon, valid_kohya_diffusers_names, valid_diffusers_metadata, valid_blora_old_diffusers,
     valid_blora_doubled_prefix, valid_tagged_adapterctl, valid_content_style_same_module,
-    valid_expert_styleinject, valid_peft_dir, valid_lycoris_loha, valid_control_chars,
+    valid_expert_styleinject, valid_peft_dir, valid_lycoris_loha, valid_control_chars, valid_merged_cat,
 ]
 
 
