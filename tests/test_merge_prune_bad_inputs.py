@@ -277,3 +277,25 @@ def test_rank_too_large_with_copy_smaller_copies(tmp_path):
     assert set(src) == set(got)
     for key in src:
         assert src[key].dtype == got[key].dtype and src[key].tobytes() == got[key].tobytes(), key
+
+
+def test_a_shape_claim_cannot_make_a_dense_merge_allocate(tmp_path):
+    """Two 0.8 MB files whose rank-1 factors claim a 200,000 x 200,000 module: ties would build
+    that dense update (40 G values). The map bounds it; refused in well under a second."""
+    import time
+
+    paths = []
+    for i in (1, 2):
+        rng = np.random.default_rng(i)
+        path = tmp_path / f"huge{i}.safetensors"
+        save_file({"lora_unet_time_embed_0.lora_down.weight": rng.standard_normal((1, 200_000)).astype(np.float16),
+                   "lora_unet_time_embed_0.lora_up.weight": rng.standard_normal((200_000, 1)).astype(np.float16)},
+                  str(path))
+        paths.append(path)
+    before = listing(tmp_path)
+    start = time.monotonic()
+    (res,) = run_cli_batch([["merge", *paths, "-m", "ties", "-o", tmp_path / "out.safetensors"]])
+    assert time.monotonic() - start < 30
+    lines = res.stderr.splitlines()
+    assert res.rc == 4 and len(lines) == 1 and "200000 x 200000" in lines[0] and "sdxl map" in lines[0], res.stderr
+    assert listing(tmp_path) == before

@@ -304,7 +304,18 @@ def _stored_shapes(adapters, parts, module: str) -> tuple[tuple[int, ...], tuple
                           "after the rank); they are not adapters of one base model")
     index, entry = parts[0]
     tensors = adapters[index].source.tensors
-    return tensors[entry.tensors.down].shape, tensors[entry.tensors.up].shape
+    down, up = tensors[entry.tensors.down].shape, tensors[entry.tensors.up].shape
+    # What a dense method (ties, dare) allocates is out x in: bounded by the map's module, never
+    # by what a file claims. (Smaller is allowed: the tests' scaled-down SDXL models use it.)
+    spec = adapters[index].arch.get(module)
+    expert = entry.role == "expert"
+    fan_in, fan_out = math.prod(down[2:] if expert else down[1:]), (up[-2] if expert else up[0])
+    want_in = spec.in_features * (math.prod(spec.kernel) if spec.kernel else 1)
+    if fan_in * fan_out > want_in * spec.out_features:
+        raise LayoutError(f"'{clip(module, 120)}' is {fan_out} x {fan_in} in {clip(adapters[index].path.name, 120)} "
+                          f"but {spec.out_features} x {want_in} in the {adapters[index].arch.name} map",
+                          hint="'adapterctl validate' checks every branch's shape")
+    return down, up
 
 
 def _calibration(params, adapters) -> Optional[dict]:
