@@ -11,8 +11,9 @@
 - ``keep_blocks`` drops the other blocks; ``scale_blocks`` multiplies blocks' updates (a weight
   goes into alpha, so the factor bytes are copied unchanged; weight 0 drops the branch).
 
-Each pruned branch is planned here (its singular values decide its rank) and computed again
-when written, one module at a time; a branch whose rank would not change is copied byte for byte.
+A pruned branch is computed when the writer reaches it, one module at a time (a dynamic rule
+reads the singular values once more beforehand, since they decide the rank written in the
+header); a branch whose rank would not change is copied byte for byte.
 """
 
 from __future__ import annotations
@@ -122,12 +123,11 @@ def _kohya_metadata(adapter: "Adapter", entries: list[ModuleEntry], params: Prun
     """sd-scripts' ss_network_dim / ss_network_alpha describe the ranks; a resize that left them
     would misreport the file (kohya's resize_lora rewrites them the same way)."""
     meta = dict(adapter.metadata)
-    linear = {(e.rank, e.alpha) for e in entries if e.kind == "linear"}
-    if "ss_network_dim" in meta:
-        meta["ss_network_dim"] = str(linear.pop()[0]) if len(linear) == 1 and not params.dynamic else "Dynamic"
-    if "ss_network_alpha" in meta:
-        alphas = {a for _, a in {(e.rank, e.alpha) for e in entries if e.kind == "linear"}}
-        meta["ss_network_alpha"] = str(alphas.pop()) if len(alphas) == 1 and not params.dynamic else "Dynamic"
+    ranks = {e.rank for e in entries if e.kind == "linear"}
+    alphas = {e.alpha for e in entries if e.kind == "linear"}
+    for key, values in (("ss_network_dim", ranks), ("ss_network_alpha", alphas)):
+        if key in meta:
+            meta[key] = str(next(iter(values))) if len(values) == 1 and not params.dynamic else "Dynamic"
     return meta
 
 
@@ -206,11 +206,11 @@ def _columns(branch: Factored, tails, params: PruneParams) -> Factored:
     if params.columns is None and params.energy is None:
         return branch
     gram = branch.up.T @ branch.up  # [r, r]: ||up @ down[:, j]||^2 = down[:, j]^T gram down[:, j]
-    norms2 = np.einsum("ij,ik,kj->j", branch.down, gram, branch.down) * branch.scale ** 2
+    norms2 = np.sum((gram @ branch.down) * branch.down, axis=0) * branch.scale ** 2
     # A conv's down is [r, in, kh, kw], flattened to [r, in*kh*kw]: an input channel's kh*kw
     # columns are one feature, kept or dropped together.
     groups = tails[1][0]
-    per_feature = norms2.reshape(groups, -1).sum(axis=1)  # conv: an input channel's kh*kw columns together
+    per_feature = norms2.reshape(groups, -1).sum(axis=1)
     order = np.argsort(per_feature)[::-1]
     if params.columns is not None:
         keep = max(1, math.ceil(params.columns * groups))
