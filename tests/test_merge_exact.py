@@ -224,6 +224,32 @@ def test_svd_is_the_optimal_truncation_of_the_exact_sum(files, tmp_path, rank):
         assert_close(got[name], want[name], ref=refs[name], what=f"svd copy {name}")
 
 
+@pytest.mark.parametrize("rule,param,cap", [("sv_fro", 0.9, None), ("sv_cumulative", 0.7, None),
+                                             ("sv_ratio", 3.0, None), ("sv_fro", 0.999, 3)])
+def test_svd_dynamic_rank_follows_the_rule_on_the_sum(files, tmp_path, rule, param, cap):
+    d, truth = files
+    out = tmp_path / "out.safetensors"
+    weights = [1.0, 0.6]
+    merged([d / "a.safetensors", d / "b.safetensors"], "svd", out, weights=weights, dynamic=rule, param=param,
+           rank=cap)
+    want, refs = _expected_sum([truth["a"], truth["b"]], weights)
+    got = read_kohya(out)
+    entries = {e["module"]: e for e in manifest_of(out)["modules"]}
+    for name in (CONV3, CONV1, Q4):
+        total = Branch(np.hstack([w * t[name].up * t[name].scale for t, w in zip((truth["a"], truth["b"]), weights)]),
+                       np.vstack([truth["a"][name].down, truth["b"][name].down]), 1.0)
+        s = singular_values(total)
+        if rule == "sv_ratio":  # written out here, not taken from the library
+            k = int(np.sum(s >= s[0] / param))
+        else:
+            share = np.sqrt(np.cumsum(s ** 2) / np.sum(s ** 2)) if rule == "sv_fro" else np.cumsum(s) / np.sum(s)
+            k = next(i + 1 for i, v in enumerate(share) if v >= param - 1e-12)
+        k = min(k, cap) if cap else k
+        assert entries[name]["rank"] == k, (name, rule)
+        err = float(np.linalg.norm(got[name] - want[name]))
+        assert abs(err - float(np.sqrt(np.sum(s[k:] ** 2)))) <= 2e-6 * refs[name]
+
+
 # ---------------------------------------------------------------------------------------------
 # zip and np: closed forms
 # ---------------------------------------------------------------------------------------------

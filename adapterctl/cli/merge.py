@@ -52,7 +52,12 @@ def merge_cmd(
     block_weights: Annotated[Optional[list[str]], typer.Option(
         "--block-weights", help="12/20 LBW weights, a preset, or BLOCK=W,...; once for all inputs or once "
                                 "per input.")] = None,
-    rank: Annotated[Optional[int], typer.Option("--rank", help="Output rank (svd, ties, dare).")] = None,
+    rank: Annotated[Optional[int], typer.Option("--rank", help="Output rank (svd, ties, dare); the cap with "
+                                                               "--dynamic.")] = None,
+    dynamic: Annotated[Optional[str], typer.Option("--dynamic", help="svd: each module's rank from the sum's "
+                                                                     "singular values: sv_ratio, sv_fro or "
+                                                                     "sv_cumulative (as in prune).")] = None,
+    param: Annotated[Optional[float], typer.Option("--param", help="The --dynamic rule's parameter.")] = None,
     density: Annotated[Optional[float], typer.Option("--density", help="Share of entries kept (ties, dare).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random masks (dare).")] = None,
     lam: Annotated[Optional[float], typer.Option("--lambda", help="Merger-overlap penalty (zip).")] = None,
@@ -91,7 +96,7 @@ def merge_cmd(
         inputs, pair = [content, style], (0, 1)
     if not inputs:
         raise UsageError("no inputs", hint="adapterctl merge A.safetensors B.safetensors --method cat")
-    options = {"rank": rank, "density": density, "seed": seed, "lam": lam, "steps": steps,
+    options = {"rank": rank, "dynamic": dynamic, "param": param, "density": density, "seed": seed, "lam": lam, "steps": steps,
                "axis": axis, "mu": mu, "project": project, "mix": _numbers(mix, "--mix"),
                "calibration": str(calibration) if calibration is not None else None}
     from adapterctl.adapter import Adapter

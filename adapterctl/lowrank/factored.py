@@ -147,6 +147,24 @@ def concat(parts: Sequence[Factored], weights: Sequence[float] | None = None) ->
     return Factored(up, down, 1.0)
 
 
+def dynamic_rank(singular_values: np.ndarray, rule: str, param: float) -> int:
+    """kohya resize_lora's rules for choosing a rank from descending singular values s:
+    sv_ratio keeps s >= s_max / param; sv_fro the fewest whose sqrt(sum s_kept^2 / sum s^2)
+    reaches param; sv_cumulative the fewest whose sum s_kept / sum s reaches param. At least 1."""
+    s = singular_values
+    if s.size == 0 or s[0] <= 0:
+        return 1
+    if rule == "sv_ratio":
+        return max(1, int(np.sum(s >= s[0] / param)))
+    if rule == "sv_fro":
+        share = np.sqrt(np.cumsum(s ** 2) / np.sum(s ** 2))
+    elif rule == "sv_cumulative":
+        share = np.cumsum(s) / np.sum(s)
+    else:
+        raise ValueError(f"unknown rule {rule!r}")
+    return int(min(np.searchsorted(share, param - 1e-12) + 1, s.size))
+
+
 def effective_rank(singular_values: np.ndarray) -> float:
     """Roy & Vetterli's effective rank: exp of the entropy of the normalised singular values."""
     total = float(singular_values.sum())

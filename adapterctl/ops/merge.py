@@ -242,30 +242,23 @@ def _computed(meth: MergeMethod, params, arch, adapters, module: str, parts, fac
     else:
         out_features = up_shape[0]
         limit = min(math.prod(down_shape[1:]), out_features)
-        rank = meth.rank([e.rank for _, e in parts], limit, params)
+        planned, planned_stats = None, {}
+        found = meth.plan([adapters[i].branch(e) for i, e in parts], factors, params, module)
+        if found is not None:  # work that must precede the header (zip's mergers, svd's dynamic rank)
+            planned, planned_stats = found
+            report.planned.append(planned_stats)
+        rank = meth.rank([e.rank for _, e in parts], limit, params, planned)
         tails = (out_features, tuple(down_shape[1:]), tuple(up_shape[2:]))
     dtypes = {writable_dtype(e.dtype) for _, e in parts}
     roles = {e.role for _, e in parts}
+    role = next(iter(roles)) if len(roles) == 1 and meth.inputs != "one" else None
     entry = first.model_copy(update={
         "rank": rank, "alpha": float(rank), "scale": 1.0, "rslora": False, "alpha_dtype": None,
         "dtype": dtypes.pop() if len(dtypes) == 1 else "F32",
-        "role": roles.pop() if len(roles) == 1 and meth.inputs != "one" else None,
-        "role_source": "declared" if len(roles) == 0 and meth.inputs == "many" and first.role else None,
-        "experts": None, "dora": False,
+        "role": role, "role_source": "declared" if role else None, "experts": None, "dora": False,
         "tensors": first.tensors.model_copy(update={"alpha": None, "magnitude": None, "router_weight": None,
                                                      "router_bias": None}),
     })
-    if entry.role is None:
-        entry = entry.model_copy(update={"role_source": None})
-    elif entry.role_source is None:
-        entry = entry.model_copy(update={"role_source": "declared"})
-
-    planned, planned_stats = None, {}
-    if meth.inputs != "one":
-        found = meth.plan([adapters[i].branch(e) for i, e in parts], factors, params, module)
-        if found is not None:
-            planned, planned_stats = found
-            report.planned.append(planned_stats)
 
     def produce():
         if meth.inputs == "one":

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from adapterctl.errors import UnsupportedConversion, UsageError
 from adapterctl.format.manifest import ModuleEntry
 from adapterctl.io.arrays import writable_dtype
-from adapterctl.lowrank import Factored
+from adapterctl.lowrank import Factored, dynamic_rank
 from adapterctl.model.origins import Computed, key_of
 from adapterctl.ops.base import Op, Params
 from adapterctl.ops.block_weights import parse_block_weights
@@ -178,7 +178,7 @@ def _refuse_unprunable(adapter: "Adapter", entries: list[ModuleEntry]) -> None:
 def _target_rank(entry: ModuleEntry, sv: Optional[np.ndarray], params: PruneParams) -> int:
     cap = params.conv_rank if entry.kind == "conv" and params.conv_rank else params.rank
     if params.dynamic:
-        k = _dynamic_rank(sv, params.dynamic, params.param)
+        k = dynamic_rank(sv, params.dynamic, params.param)
         return max(1, min(k, cap or k, entry.rank))
     if cap is None:
         return entry.rank  # columns/energy only
@@ -187,18 +187,6 @@ def _target_rank(entry: ModuleEntry, sv: Optional[np.ndarray], params: PrunePara
         raise UsageError(f"{flag} {cap} is larger than the rank {entry.rank} of '{clip(entry.module, 120)}'; "
                          "nothing to truncate", hint="pass --copy-smaller to copy such branches unchanged")
     return min(cap, entry.rank)
-
-
-def _dynamic_rank(sv: np.ndarray, rule: str, param: float) -> int:
-    if sv.size == 0 or sv[0] <= 0:
-        return 1
-    if rule == "sv_ratio":
-        return int(np.sum(sv >= sv[0] / param))
-    if rule == "sv_fro":
-        share = np.sqrt(np.cumsum(sv ** 2) / np.sum(sv ** 2))
-    else:
-        share = np.cumsum(sv) / np.sum(sv)
-    return int(np.searchsorted(share, param - 1e-12) + 1)
 
 
 def _columns(branch: Factored, tails, params: PruneParams) -> Factored:

@@ -34,7 +34,7 @@ class MergeMethod(ABC):
     inputs: ClassVar[Inputs] = "many"  # pair: a content and a style branch (picked by role); one: experts
     default_weight: ClassVar[Literal["one", "mean"]] = "one"  # what --weights defaults to
 
-    def rank(self, ranks: list[int], limit: int, params: MethodParams) -> int:
+    def rank(self, ranks: list[int], limit: int, params: MethodParams, planned: object = None) -> int:
         """The output rank of a module whose parts have ``ranks`` (``limit`` = min(in, out))."""
         return min(sum(ranks), limit)
 

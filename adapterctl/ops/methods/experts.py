@@ -37,7 +37,7 @@ class Experts(MergeMethod):
     Params = ExpertParams
     inputs = "one"
 
-    def rank(self, ranks, limit, params):
+    def rank(self, ranks, limit, params, planned=None):
         return min(sum(ranks), limit)
 
     def merge(self, parts, weights, params, module, planned=None):  # pragma: no cover - the driver calls collapse()

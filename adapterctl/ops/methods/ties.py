@@ -37,7 +37,7 @@ class _Dense(MergeMethod):
     trim: str  # "magnitude" | "random"
     elect: bool
 
-    def rank(self, ranks, limit, params):
+    def rank(self, ranks, limit, params, planned=None):
         return min(params.rank or max(ranks), limit)
 
     def merge(self, parts, weights, params, module, planned=None):
