@@ -210,7 +210,10 @@ def test_mapping_matches_diffusers_converter(sdxl, generator, sgm):
 
 def test_kohya_names_round_trip(sdxl):
     table = sdxl.kohya_names()
-    assert len(table) == len(sdxl.modules) + sum(1 for m in sdxl.modules.values() if m.sgm)
+    # canonical + SGM spellings, plus TE1 without `text_model` (transformers-5 trainers)
+    te1 = sum(1 for m in sdxl.modules.values() if m.component == "text_encoder" and m.path.startswith("text_model."))
+    assert te1 == 72
+    assert len(table) == len(sdxl.modules) + sum(1 for m in sdxl.modules.values() if m.sgm) + te1
     for name, spec in sdxl.modules.items():
         assert table[sdxl.kohya_name(name)] == name
         assert table[sdxl.kohya_name(name, sgm=False)] == name
@@ -221,6 +224,8 @@ def test_kohya_names_round_trip(sdxl):
         "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
     te2_fc2 = "text_encoder_2.text_model.encoder.layers.31.mlp.fc2"
     assert table["lora_te2_text_model_encoder_layers_31_mlp_fc2"] == te2_fc2
+    assert table["lora_te1_encoder_layers_0_self_attn_q_proj"] == "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+    assert "lora_te2_encoder_layers_31_mlp_fc2" not in table  # CLIPTextModelWithProjection kept its wrapper
     assert sdxl.kohya_names() is table  # cached
     with pytest.raises(TypeError):  # and shared, so read-only
         table["x"] = "y"

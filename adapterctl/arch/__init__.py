@@ -110,6 +110,12 @@ class ArchMap:
                 table[self._flat(spec, spec.path)] = spec.name
                 if spec.sgm:
                     table[self._flat(spec, spec.sgm)] = spec.name
+            for spec in self.modules.values():
+                # transformers 5's CLIPTextModel has no `text_model` level, so kohya files trained
+                # under it name TE1 modules lora_te1_encoder_layers_...; they are the same modules
+                # (written back under the canonical names every consumer reads). Never shadows a name.
+                if spec.component == "text_encoder" and spec.path.startswith("text_model."):
+                    table.setdefault(self._flat(spec, spec.path.removeprefix("text_model.")), spec.name)
             self._kohya = MappingProxyType(table)
         return self._kohya
 
