@@ -374,3 +374,13 @@ def test_output_header_over_the_cap_is_refused(tmp_path):
     r = run_cli("convert", src, "--to", "kohya", "-o", out / "k.safetensors", "--strip-metadata", timeout=120)
     assert r.rc == 0, r.stderr
     assert [p.name for p in out.iterdir()] == ["k.safetensors"]
+
+
+@pytest.mark.parametrize("argv,hint", [(["splt", "x"], "adapterctl --help"),
+                                       (["split", "--bogus", "x"], "adapterctl split --help"),
+                                       (["merge", "--bogus"], "adapterctl merge --help")])
+def test_a_usage_error_hints_at_the_right_help(argv, hint):
+    r = run_cli(*argv)
+    assert r.rc == 2
+    assert r.stderr.strip().endswith(f"(hint: {hint})"), r.stderr
+    assert "adapterctl adapterctl" not in r.stderr

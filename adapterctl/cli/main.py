@@ -128,8 +128,9 @@ def _run(argv: list[str], click) -> int:
     except AdapterError as exc:
         return _fail(str(exc), exc.exit_code, error_code=exc.code, argv=argv, hint=exc.hint)
     except click.UsageError as exc:
+        # command_path starts with the program name: "adapterctl" for the root, "adapterctl split" below it.
         return _fail(exc.format_message(), 2, error_code="usage_error", argv=argv,
-                     hint=f"adapterctl {exc.ctx.command_path.split(' ', 1)[-1] if exc.ctx else ''} --help".replace("  ", " "))
+                     hint=f"{exc.ctx.command_path if exc.ctx else 'adapterctl'} --help")
     except Interrupted as exc:
         import signal
 
