@@ -33,6 +33,7 @@ class Check:
 class FileReport:
     path: str
     checks: list[Check] = field(default_factory=list)
+    consumers: list[dict] = field(default_factory=list)  # one verdict per --for tool
 
     def add(self, name: str, problems: list[str], *, severity: Status = "fail", ok: str = "ok") -> None:
         if not problems:
@@ -48,11 +49,17 @@ class FileReport:
         return "warn" if "warn" in states else "pass"
 
     def to_dict(self, *, strict: bool) -> dict:
-        return {"path": display_path(self.path), "status": self.status(strict=strict),
-                "checks": [c.__dict__ for c in self.checks]}
+        out = {"path": display_path(self.path), "status": self.status(strict=strict),
+               "checks": [c.__dict__ for c in self.checks]}
+        if self.consumers:
+            out["consumers"] = self.consumers
+        return out
 
 
-def validate_path(path: str | Path, *, weights: bool = True, arch: str | None = None) -> FileReport:
+def validate_path(path: str | Path, *, weights: bool = True, arch: str | None = None,
+                  consumers: tuple[str, ...] = ()) -> FileReport:
+    """``consumers``: also judge whether each of these tools (consumers/data/*.json) would apply
+    every module at the right scale; a loss or a mis-scaling is a failed ``loads-in:<tool>`` check."""
     from adapterctl.adapter import Adapter
 
     report = FileReport(str(path))
@@ -66,6 +73,8 @@ def validate_path(path: str | Path, *, weights: bool = True, arch: str | None = 
         return report
     try:
         validate_adapter(adapter, report, weights=weights)
+        for consumer in consumers:
+            _loads_in(adapter, report, consumer)
     except AdapterError as exc:
         report.checks.append(Check("structure", "fail", clip(f"{exc.message} [{exc.code}]", 600)))
     except Exception as exc:  # noqa: BLE001
@@ -73,6 +82,18 @@ def validate_path(path: str | Path, *, weights: bool = True, arch: str | None = 
     finally:
         adapter.close()
     return report
+
+
+def _loads_in(adapter: "Adapter", report: FileReport, consumer: str) -> None:
+    from adapterctl.consumers.profile import load_profiles
+    from adapterctl.consumers.verdict import judge
+
+    verdict = judge(adapter, load_profiles()[consumer])
+    message = f"{consumer} {verdict.version.split()[0]}: {verdict.summary()}"
+    if not verdict.ok and verdict.fix:
+        message += f" (fix: {verdict.fix})"
+    report.checks.append(Check(f"loads-in:{consumer}", "pass" if verdict.ok else "fail", clip(message, 600)))
+    report.consumers.append(verdict.to_dict())
 
 
 def _internal(exc: Exception) -> Check:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from adapterctl.cli._write import write_command
+from adapterctl.cli._write import default_output, write_command
+from adapterctl.cli.output import Output
 from adapterctl.layouts.registry import writable
 from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
 
@@ -20,12 +22,17 @@ def register(app: typer.Typer) -> None:
                 "Examples:\n\n"
                 "  adapterctl convert my_lora.safetensors --to diffusers\n\n"
                 "  adapterctl convert blora.safetensors --to kohya -o blora_a1111.safetensors\n\n"
-                "  adapterctl convert unet_lora.safetensors --to peft -o my_adapter/")(convert_cmd)
+                "  adapterctl convert unet_lora.safetensors --to peft -o my_adapter/\n\n"
+                "  adapterctl convert blora.safetensors --for comfyui    # the layout ComfyUI loads completely")(convert_cmd)
 
 
 def convert_cmd(
     path: InputArg,
-    to: Annotated[str, typer.Option("--to", help=f"Target layout: {' or '.join(writable())}.", show_default=False)],
+    to: Annotated[Optional[str], typer.Option("--to", help=f"Target layout: {' or '.join(writable())}.",
+                                              show_default=False)] = None,
+    for_tool: Annotated[Optional[str], typer.Option(
+        "--for", metavar="TOOL", help="Write the layout TOOL loads completely and at the right scale "
+                                      "(its recorded profile; see validate --for).")] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
     fsync: FsyncOpt = False,
@@ -34,7 +41,32 @@ def convert_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
+    from adapterctl.cli.validate import _tools
+    from adapterctl.errors import UsageError
     from adapterctl.layouts.registry import writer
 
-    write_command(path, lambda a: a.convert(to), suffix=to, directory=writer(to).directory, output=output, force=force,
-                  fsync=fsync, strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)
+    if (to is None) == (for_tool is None):
+        raise UsageError("pass --to LAYOUT or --for TOOL (one of them)", hint="adapterctl convert --help")
+    if for_tool is not None:
+        if for_tool not in _tools():
+            raise UsageError(f"unknown tool '{for_tool}' for --for", hint=f"choose from: {', '.join(_tools())}")
+        from adapterctl.consumers.profile import load_profiles
+
+        to = load_profiles()[for_tool].convert_to
+    layout = writer(to)
+    target = output or default_output(path, for_tool or to, directory=layout.directory)
+    write_command(path, lambda a: a.convert(to), suffix=for_tool or to, directory=layout.directory, output=target,
+                  force=force, fsync=fsync, strip_metadata=strip_metadata, arch=arch, json_out=json_out, quiet=quiet)
+    if for_tool is not None:
+        _confirm(target, for_tool, Output(json_mode=json_out, quiet=quiet))
+
+
+def _confirm(target: Path, tool: str, out: Output) -> None:
+    """The written file, judged by the tool's profile: it must now load completely."""
+    from adapterctl.adapter import Adapter
+    from adapterctl.consumers.profile import load_profiles
+    from adapterctl.consumers.verdict import judge
+
+    with Adapter.open(target) as written:
+        verdict = judge(written, load_profiles()[tool])
+    out.note(f"{tool}: {verdict.summary()}")

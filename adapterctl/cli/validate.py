@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -13,13 +13,22 @@ from adapterctl.cli.output import Output, plain
 EXIT_FAILED = 1
 
 
+def _tools() -> list[str]:
+    """The consumers with a recorded profile (consumers/data/*.json): help never lists a stale name."""
+    from adapterctl.consumers.profile import DATA
+
+    return sorted(p.stem for p in DATA.glob("*.json"))
+
+
 def register(app: typer.Typer) -> None:
     app.command("validate", help=__doc__.split(":", 1)[1].strip() + "\n\n"
                 "Checks structure, up/down pairing, shapes against the architecture map, rank/alpha "
-                "consistency, NaN/Inf and role coverage. Exit 0: all pass (warnings allowed unless --strict); "
-                "exit 1: some file failed.\n\n"
+                "consistency, NaN/Inf and role coverage. --for TOOL also says whether that tool would apply "
+                "every module at the right scale (from its recorded profile), and which command fixes the file. "
+                "Exit 0: all pass (warnings allowed unless --strict); exit 1: some file failed.\n\n"
                 "Examples:\n\n"
                 "  adapterctl validate adapters/*.safetensors\n\n"
+                "  adapterctl validate blora.safetensors --for comfyui --for diffusers\n\n"
                 "  adapterctl validate style.safetensors --strict --json")(validate_cmd)
 
 
@@ -28,14 +37,21 @@ def validate_cmd(
                                                 readable=False)],
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as failures.")] = False,
     no_weights: Annotated[bool, typer.Option("--no-weights", help="Skip reading tensors (no NaN/Inf check).")] = False,
+    consumers: Annotated[Optional[list[str]], typer.Option(
+        "--for", metavar="TOOL", help=f"Would it load completely in TOOL ({', '.join(_tools())})? Repeatable.")] = None,
     arch: ArchOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
+    from adapterctl.errors import UsageError
     from adapterctl.validate import validate_path
 
+    tools = tuple(dict.fromkeys(consumers or []))
+    for tool in tools:
+        if tool not in _tools():
+            raise UsageError(f"unknown tool '{tool}' for --for", hint=f"choose from: {', '.join(_tools())}")
     out = Output(json_mode=json_out, quiet=quiet)
-    reports = [validate_path(p, weights=not no_weights, arch=arch) for p in paths]
+    reports = [validate_path(p, weights=not no_weights, arch=arch, consumers=tools) for p in paths]
     files = [r.to_dict(strict=strict) for r in reports]
     failed = sum(f["status"] == "fail" for f in files)
     result = {"ok": failed == 0, "strict": strict, "files": files,
