@@ -83,7 +83,22 @@ def inspect_report(adapter: "Adapter") -> dict[str, Any]:
         "metadata": _metadata(adapter.foreign_metadata()),
         "provenance": {"sources": len(m.provenance.sources),
                        "operations": [clip(op.op, 100) for op in m.provenance.operations]},
+        "loads_in": _loads_in(adapter),
     })
+
+
+def _loads_in(adapter: "Adapter") -> list[dict]:
+    """Per consumer with a recorded profile: would it apply every module at the right scale?"""
+    from adapterctl.consumers.profile import load_profiles
+    from adapterctl.consumers.verdict import judge
+
+    out = []
+    for name, profile in load_profiles().items():
+        v = judge(adapter, profile)
+        out.append({"consumer": name, "version": clip(profile.version.split()[0], 60), "ok": v.ok,
+                    "applied": 0 if v.lost_all else len(v.applied), "ignored": len(v.ignored),
+                    "misscaled": len(v.misscaled), "summary": v.summary()})
+    return out
 
 
 def json_safe(value: Any) -> Any:

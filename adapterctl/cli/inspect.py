@@ -61,6 +61,8 @@ def render_text(console, r: dict) -> None:
     roles = ", ".join(f"{k} {v['modules']}" + (f" ({v['source']})" if v["source"] else "")
                       for k, v in r["roles"].items())
     console.print(f"roles: {roles}")
+    console.print("loads in: " + " · ".join(f"{c['consumer']} " + _loss(c) for c in r["loads_in"])
+                  + "  [dim](details: validate --for TOOL)[/]")
     table = Table(box=None, pad_edge=False)
     table.add_column("block", no_wrap=True)
     for col in ("lbw", "modules", "roles", "rank", "kinds"):
@@ -93,6 +95,17 @@ def render_text(console, r: dict) -> None:
 
 def _num(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def _loss(c: dict) -> str:
+    if c["ok"]:
+        return "[green]✓[/]"
+    total = c["applied"] + c["ignored"] + c["misscaled"]
+    if c["applied"] == 0 and c["misscaled"] == 0:
+        return "[red]✗ nothing[/]"
+    parts = ([f"loses {c['ignored']}/{total}"] if c["ignored"] else []) + \
+        ([f"{c['misscaled']} mis-scaled"] if c["misscaled"] else [])
+    return "[red]✗ " + ", ".join(parts) + "[/]"
 
 
 def _range(s: dict) -> str:
