@@ -110,3 +110,23 @@ def test_a_diffusers_layout_file_loses_attention_in_comfyui(tmp_path):
     with adapterctl.open(src) as a:
         verdict = judge(a, load_profiles()["comfyui"])
         assert len(verdict.ignored) == len(a.modules) and not verdict.applied
+
+
+def test_peft_verdicts_agree_with_real_peft(shapes, all_names, tmp_path):
+    """A kohya file: peft places none of it (the verdict says so); convert --for peft writes the
+    directory peft loads completely, at the right scale (checked by loading it)."""
+    from peft import PeftModel
+
+    names = [n for n in T.one_block_each(all_names) if n.startswith("unet.")][:8]
+    alphas = {n: (2.0 if i % 2 else 4.0, torch.float16) for i, n in enumerate(names)}
+    branches = T.random_branches(shapes, names, rank=4, alpha=alphas.get, seed=9)
+    src = T.save(T.kohya_state_dict(branches), tmp_path / "unet.safetensors")
+    with adapterctl.open(src) as a:
+        before = judge(a, load_profiles()["peft"])
+    assert set(before.ignored) == set(names)
+    out = tmp_path / "adapter"
+    r = run_cli("convert", src, "--for", "peft", "-o", out)
+    assert r.rc == 0 and "peft: all 8 modules applied at the right scale" in r.stderr, r.stderr
+    model = PeftModel.from_pretrained(T.build_unet(seed=10), out, adapter_name="loaded")
+    T.assert_same_deltas(T.peft_deltas({"unet": model}, "loaded"), {n: b.delta() for n, b in branches.items()},
+                         what="convert --for peft, loaded by peft")
