@@ -311,3 +311,18 @@ def test_doc_links_resolve():
             assert path.exists(), f"docs/{page} links to missing {target}"
             if anchor and path.suffix == ".md":
                 assert anchor in _anchors(path.read_text(encoding="utf-8")), f"docs/{page}: no #{anchor} in {path.name}"
+
+
+def test_help_reads_like_a_well_kept_cli():
+    """No type dump in --help: flags show no type, options a metavar, arguments their NAME."""
+    from adapterctl.cli import reference
+    from adapterctl.cli.main import run
+
+    for path in reference.command_paths()[1:]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert run(path.split()[1:] + ["--help"]) == 0
+        text = out.getvalue()
+        for dump in ("<bool>", "<list[", "<str>", "<path>", "<int>", "<float>", "{path", "{paths"):
+            assert dump not in text, f"{path} --help shows {dump}"
+        assert "Usage:" in text

@@ -21,6 +21,7 @@ import typer  # noqa: E402 - after the thread defaults, on purpose
 
 from adapterctl.version import __version__  # noqa: E402
 from adapterctl.cli import convert, demo, inspect, merge, prune, split, tag, validate  # noqa: E402
+from adapterctl.cli._help import TidyCommand  # noqa: E402
 
 app = typer.Typer(
     name="adapterctl",
@@ -40,6 +41,8 @@ app = typer.Typer(
 
 for module in (inspect, validate, tag, split, convert, merge, prune, demo):
     module.register(app)
+for _info in app.registered_commands:  # --help that reads like a well-kept CLI (cli/_help.py)
+    _info.cls = TidyCommand
 
 
 def _version(value: bool):
