@@ -130,3 +130,62 @@ def test_peft_verdicts_agree_with_real_peft(shapes, all_names, tmp_path):
     model = PeftModel.from_pretrained(T.build_unet(seed=10), out, adapter_name="loaded")
     T.assert_same_deltas(T.peft_deltas({"unet": model}, "loaded"), {n: b.delta() for n, b in branches.items()},
                          what="convert --for peft, loaded by peft")
+
+
+def _full_sdxl_diffusers_file(path):
+    """Every module of the SDXL map, rank 1, diffusers layout with lora_adapter_metadata (alpha 0.5)."""
+    from adapterctl.arch import load_arch
+    from adapterctl.format.constants import DIFFUSERS_METADATA_KEY
+    from adapterctl.io.writer import OutTensor, write_safetensors
+
+    arch = load_arch("sdxl")
+    tensors, meta = [], {}
+    for spec in arch.modules.values():
+        kernel = tuple(spec.kernel) if spec.kernel else ()
+        down = np.full((1, spec.in_features) + kernel, 0.01, dtype=np.float16)
+        up = np.full((spec.out_features, 1) + ((1, 1) if kernel else ()), 0.01, dtype=np.float16)
+        stem = f"{spec.component}.{spec.path}"
+        tensors += [OutTensor.from_bytes(f"{stem}.lora_A.weight", "F16", down.shape, down.tobytes()),
+                    OutTensor.from_bytes(f"{stem}.lora_B.weight", "F16", up.shape, up.tobytes())]
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        meta.update({f"{component}.r": 1, f"{component}.lora_alpha": 0.5})
+    write_safetensors(path, tensors, {DIFFUSERS_METADATA_KEY: json.dumps(meta)})
+    return len(arch.modules)
+
+
+def test_convert_for_comfyui_makes_a_full_diffusers_lora_and_a_style_split_load_completely(tmp_path):
+    from adapterctl.examples.make import BLORA, HERE
+
+    full = tmp_path / "full.safetensors"
+    n = _full_sdxl_diffusers_file(full)
+    with adapterctl.open(full) as a:
+        before = judge(a, load_profiles()["comfyui"])
+    assert len(before.ignored) >= 560 and not before.ok  # every UNet attention module, at least
+    style = tmp_path / "style.safetensors"
+    assert run_cli("split", HERE / BLORA, "--keep", "style", "-o", style).rc == 0
+    for src, modules in ((full, n), (style, 80)):
+        out = tmp_path / f"{src.stem}.comfy.safetensors"
+        r = run_cli("convert", src, "--for", "comfyui", "-o", out)
+        assert r.rc == 0 and f"comfyui: all {modules} modules applied at the right scale" in r.stderr, r.stderr
+        with adapterctl.open(out) as b:
+            after = judge(b, load_profiles()["comfyui"])
+            assert after.ok and len(after.applied) == modules
+            assert all(abs(e.alpha / e.rank - e.scale) < 1e-9 for e in b.modules)  # scale in the alpha tensor
+
+
+def test_recorded_profiles_give_the_documented_verdicts():
+    """Facts read from each tool's source (the profiles cite it): A1111 and sd-scripts place no
+    diffusers-layout key; Forge applies nothing past 12 unplaced keys; sd-scripts loads kohya files
+    that use diffusers module names; every kohya-reading tool takes alpha / rank."""
+    profiles = load_profiles()
+    for tool in ("a1111", "kohya"):
+        assert not any(profiles[tool].applies("diffusers", c, g) for c in ("unet", "text_encoder")
+                       for g in ("attn", "ff", "te_attn"))
+    assert profiles["forge"].all_or_nothing_over == 12
+    assert profiles["kohya"].applies("kohya-diffusers-names", "unet", "attn")
+    for tool in ("comfyui", "a1111", "forge", "kohya"):
+        assert profiles[tool].scale.sources[0] in ("alpha_tensor",) or "alpha_tensor" in profiles[tool].scale.sources
+        assert profiles[tool].convert_to == "kohya"
+    with adapterctl.open(REPO / "spec" / "vectors" / "valid_tagged_adapterctl.safetensors") as a:
+        forge = judge(a, profiles["forge"])  # 2 branches unplaced: 4 keys, under Forge's limit
+        assert forge.ignored and not forge.lost_all
