@@ -41,15 +41,14 @@ def convert_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from adapterctl.cli.validate import _tools
+    from adapterctl.consumers.profile import check_names
     from adapterctl.errors import UsageError
     from adapterctl.layouts.registry import writer
 
     if (to is None) == (for_tool is None):
         raise UsageError("pass --to LAYOUT or --for TOOL (one of them)", hint="adapterctl convert --help")
     if for_tool is not None:
-        if for_tool not in _tools():
-            raise UsageError(f"unknown tool '{for_tool}' for --for", hint=f"choose from: {', '.join(_tools())}")
+        check_names([for_tool])
         from adapterctl.consumers.profile import load_profiles
 
         to = load_profiles()[for_tool].convert_to

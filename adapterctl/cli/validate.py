@@ -9,15 +9,9 @@ import typer
 
 from adapterctl.cli.options import ArchOpt, JsonOpt, QuietOpt
 from adapterctl.cli.output import Output, plain
+from adapterctl.consumers.profile import names as profile_names
 
 EXIT_FAILED = 1
-
-
-def _tools() -> list[str]:
-    """The consumers with a recorded profile (consumers/data/*.json): help never lists a stale name."""
-    from adapterctl.consumers.profile import DATA
-
-    return sorted(p.stem for p in DATA.glob("*.json"))
 
 
 def register(app: typer.Typer) -> None:
@@ -38,18 +32,15 @@ def validate_cmd(
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as failures.")] = False,
     no_weights: Annotated[bool, typer.Option("--no-weights", help="Skip reading tensors (no NaN/Inf check).")] = False,
     consumers: Annotated[Optional[list[str]], typer.Option(
-        "--for", metavar="TOOL", help=f"Would it load completely in TOOL ({', '.join(_tools())})? Repeatable.")] = None,
+        "--for", metavar="TOOL", help=f"Would it load completely in TOOL ({', '.join(profile_names())})? Repeatable.")] = None,
     arch: ArchOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from adapterctl.errors import UsageError
+    from adapterctl.consumers.profile import check_names
     from adapterctl.validate import validate_path
 
-    tools = tuple(dict.fromkeys(consumers or []))
-    for tool in tools:
-        if tool not in _tools():
-            raise UsageError(f"unknown tool '{tool}' for --for", hint=f"choose from: {', '.join(_tools())}")
+    tools = check_names(consumers or [])
     out = Output(json_mode=json_out, quiet=quiet)
     reports = [validate_path(p, weights=not no_weights, arch=arch, consumers=tools) for p in paths]
     files = [r.to_dict(strict=strict) for r in reports]

@@ -88,6 +88,22 @@ class Profile(_Strict):
         return any(r.form == form and r.component == component and group in r.groups for r in self.reads)
 
 
+def names() -> list[str]:
+    """The tools with a recorded profile, from the file names alone (cheap enough for --help)."""
+    return sorted(p.stem for p in DATA.glob("*.json"))
+
+
+def check_names(tools) -> tuple[str, ...]:
+    """``tools`` without repeats, each one with a profile; else a UsageError naming the choices."""
+    from adapterctl.errors import UsageError
+
+    known = names()
+    for tool in tools:
+        if tool not in known:
+            raise UsageError(f"unknown tool '{tool}' for --for", hint=f"choose from: {', '.join(known)}")
+    return tuple(dict.fromkeys(tools))
+
+
 @lru_cache(maxsize=None)
 def load_profiles() -> dict[str, Profile]:
     profiles = {}
