@@ -253,6 +253,11 @@ def _guess_arch(st: SafetensorsFile) -> str:
             base = value.split("/")[0]
             if base in _ARCH_HINTS:
                 return _ARCH_HINTS[base]
+            for candidate in (value, base):  # a map's own modelspec name or alias (sdxl-tiny)
+                try:
+                    return load_arch(candidate).name
+                except UnknownArchitecture:
+                    pass
             raise UnknownArchitecture(f"{key} says '{clip(base, 60)}', which has no architecture map",
                                       path=str(st.path), hint=f"known: {', '.join(known_architectures())}")
     return "sdxl"

@@ -37,9 +37,22 @@ def generator():
 
 
 def test_shipped_json_matches_fresh_generation(generator):
-    fresh = generator.render(generator.generate())
-    shipped = generator.OUTPUT.read_text(encoding="utf-8")
-    assert fresh == shipped, "arch data is stale: run python -m adapterctl.arch.generate"
+    files = generator.outputs()
+    assert {p.name for p in files} >= {"sdxl.json", "sdxl-tiny.json", "vocab.json", "merges.txt"}
+    for path, fresh in files.items():
+        assert path.read_text(encoding="utf-8") == fresh, f"{path.name} is stale: run python -m adapterctl.arch.generate"
+
+
+def test_tiny_map_has_sdxl_names_at_toy_width(sdxl):
+    tiny = arch.load_arch("sdxl-tiny")
+    unet = [n for n in sdxl.modules if n.startswith("unet.")]
+    assert [n for n in tiny.modules if n.startswith("unet.")] == unet, "sdxl-tiny must name every SDXL UNet module"
+    assert set(tiny.modules) <= set(sdxl.modules), "the tiny text encoders are shallower, never differently named"
+    assert all(tiny.modules[n].sgm == sdxl.modules[n].sgm and tiny.modules[n].block == sdxl.modules[n].block
+               for n in tiny.modules)
+    assert max(m.in_features for m in tiny.modules.values()) <= 256 < max(m.in_features for m in sdxl.modules.values())
+    blora = arch.target_presets("sdxl-tiny")["b-lora"].modules(tiny)
+    assert len(blora) == 160 and blora == arch.target_presets("sdxl")["b-lora"].modules(sdxl)
 
 
 def test_check_flag_reports_stale_file(generator, tmp_path):

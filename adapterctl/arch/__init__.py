@@ -67,6 +67,7 @@ class ArchMap:
         self.kohya_prefixes: Mapping[str, str] = MappingProxyType(dict(data.get("kohya_prefixes", {})))
         self.model_classes: Mapping[str, str] = MappingProxyType(dict(data.get("model_classes", {})))
         self._configs: dict = data.get("configs", {})
+        self._pipeline: dict = data.get("pipeline", {})
         modules = {}
         for m in data["modules"]:
             modules[m["name"]] = ModuleSpec(
@@ -87,6 +88,18 @@ class ArchMap:
     def config(self, component: str) -> dict:
         """The model config the map was generated from (a fresh copy; safe to edit)."""
         return json.loads(json.dumps(self._configs[component]))
+
+    def pipeline_config(self, part: str):
+        """What rebuilding a diffusers pipeline folder needs besides the models' configs: 'vae',
+        'scheduler', 'model_index', 'tokenizer', 'tokenizer_2' (fresh copies), 'native_resolution',
+        and 'tokenizer_files' (a folder in arch/data holding vocab.json and merges.txt, or None)."""
+        if part not in self._pipeline:
+            raise KeyError(f"{self.name} has no pipeline part {part!r}")
+        return json.loads(json.dumps(self._pipeline[part]))
+
+    def tokenizer_dir(self) -> Path | None:
+        folder = self._pipeline.get("tokenizer_files")
+        return DATA_DIR / folder if folder else None
 
     @functools.cached_property
     def _blocks(self) -> tuple[str, ...]:
@@ -240,7 +253,10 @@ def load_arch(name: str = "sdxl") -> ArchMap:
 @functools.lru_cache(maxsize=None)
 def _presets(arch: str) -> dict:
     path = DATA_DIR / f"{arch}{_PRESETS_SUFFIX}"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    # A map with SDXL's module names (sdxl-tiny) takes SDXL's presets: they are written in names.
+    parent = _presets(data["inherit"]) if "inherit" in data else {}
+    return {**parent, **{k: v for k, v in data.items() if k not in ("inherit", "arch")}}
 
 
 def _presets_for(arch: str) -> dict:

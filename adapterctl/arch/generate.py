@@ -1,7 +1,7 @@
-"""Regenerate ``adapterctl/arch/data/sdxl.json`` from the real libraries (dev tool).
+"""Regenerate the architecture maps in ``adapterctl/arch/data`` from the real libraries (dev tool).
 
-    python -m adapterctl.arch.generate           # rewrite the file
-    python -m adapterctl.arch.generate --check   # exit 1 if the file on disk is stale
+    python -m adapterctl.arch.generate           # rewrite sdxl.json, sdxl-tiny.json (+ its tokenizer)
+    python -m adapterctl.arch.generate --check   # exit 1 if a file on disk is stale
 
 The map is derived, not typed in: diffusers and transformers build the actual SDXL
 models on the ``meta`` device (no weights, no download), and every ``nn.Linear`` and
@@ -17,100 +17,25 @@ import argparse
 import json
 from pathlib import Path
 
+from adapterctl.arch import configs
 from adapterctl.generated import write_or_check
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OUTPUT = DATA_DIR / "sdxl.json"
 
-# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json, minus the _class_name and
-# _diffusers_version bookkeeping.  Written out in full (defaults included) so the map
-# does not silently follow a change of default in a future diffusers.
-SDXL_UNET_CONFIG: dict = {
-    "act_fn": "silu",
-    "addition_embed_type": "text_time",
-    "addition_embed_type_num_heads": 64,
-    "addition_time_embed_dim": 256,
-    "attention_head_dim": [5, 10, 20],
-    "block_out_channels": [320, 640, 1280],
-    "center_input_sample": False,
-    "class_embed_type": None,
-    "class_embeddings_concat": False,
-    "conv_in_kernel": 3,
-    "conv_out_kernel": 3,
-    "cross_attention_dim": 2048,
-    "cross_attention_norm": None,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "downsample_padding": 1,
-    "dual_cross_attention": False,
-    "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_only_cross_attention": None,
-    "mid_block_scale_factor": 1,
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "num_attention_heads": None,
-    "num_class_embeds": None,
-    "only_cross_attention": False,
-    "out_channels": 4,
-    "projection_class_embeddings_input_dim": 2816,
-    "resnet_out_scale_factor": 1.0,
-    "resnet_skip_time_act": False,
-    "resnet_time_scale_shift": "default",
-    "sample_size": 128,
-    "time_cond_proj_dim": None,
-    "time_embedding_act_fn": None,
-    "time_embedding_dim": None,
-    "time_embedding_type": "positional",
-    "timestep_post_act": None,
-    "transformer_layers_per_block": [1, 2, 10],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "upcast_attention": False,
-    "use_linear_projection": True,
+# name -> (configs, modelspec architecture, aliases other tools write). The configs are in configs.py.
+ARCHITECTURES = {
+    "sdxl": (configs.SDXL, "stable-diffusion-xl-v1-base/lora", ["sdxl_base_v1-0", "stable-diffusion-xl-v1-base",
+                                                                 "sdxl_base"]),
+    # Not a model anyone publishes for: its own modelspec name, so no tool mistakes it for SDXL.
+    "sdxl-tiny": (configs.SDXL_TINY, "adapterctl-sdxl-tiny/lora", []),
+}
+COMPONENT_CLASSES = {
+    "unet": ("diffusers", "UNet2DConditionModel"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
 }
 
-_CLIP_COMMON: dict = {
-    "attention_dropout": 0.0,
-    "bos_token_id": 0,
-    "dropout": 0.0,
-    "eos_token_id": 2,
-    "initializer_factor": 1.0,
-    "initializer_range": 0.02,
-    "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 77,
-    "pad_token_id": 1,
-    "vocab_size": 49408,
-}
-# CLIP ViT-L/14 text tower (OpenAI); SDXL uses its penultimate hidden state.
-SDXL_TE1_CONFIG: dict = {
-    **_CLIP_COMMON,
-    "hidden_act": "quick_gelu",
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_attention_heads": 12,
-    "num_hidden_layers": 12,
-    "projection_dim": 768,
-}
-# OpenCLIP ViT-bigG/14 text tower; unlike OpenAI CLIP it was trained with exact gelu.
-SDXL_TE2_CONFIG: dict = {
-    **_CLIP_COMMON,
-    "hidden_act": "gelu",
-    "hidden_size": 1280,
-    "intermediate_size": 5120,
-    "num_attention_heads": 20,
-    "num_hidden_layers": 32,
-    "projection_dim": 1280,
-}
-
-COMPONENTS = {
-    "unet": ("diffusers", "UNet2DConditionModel", SDXL_UNET_CONFIG),
-    "text_encoder": ("transformers", "CLIPTextModel", SDXL_TE1_CONFIG),
-    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", SDXL_TE2_CONFIG),
-}
 KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 
 # Resnet children are the only UNet leaves whose SGM name is not their diffusers name.
@@ -131,15 +56,17 @@ _TOP_LEVEL_SGM = {
 _ATTN_LEAVES = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def build_models() -> dict:
-    """Instantiate the three SDXL components on ``meta``: shapes and names, zero bytes."""
+def build_models(name: str = "sdxl") -> dict:
+    """Instantiate the three components of ``name`` on ``meta``: shapes and names, zero bytes."""
     import diffusers
     import transformers
     from accelerate import init_empty_weights
 
     models = {}
+    component_configs = ARCHITECTURES[name][0]["configs"]
     with init_empty_weights():
-        for component, (lib, cls_name, config) in COMPONENTS.items():
+        for component, (lib, cls_name) in COMPONENT_CLASSES.items():
+            config = component_configs[component]
             if lib == "diffusers":
                 models[component] = getattr(diffusers, cls_name)(**config)
             else:
@@ -232,7 +159,7 @@ def te_block_and_group(component: str, path: str) -> tuple[str, str]:
     return f"{component}.layers.{parts[3]}", group
 
 
-def describe(models: dict) -> list[dict]:
+def describe(models: dict, unet_config: dict) -> list[dict]:
     import torch
 
     entries = []
@@ -252,7 +179,7 @@ def describe(models: dict) -> list[dict]:
                 continue
             if component == "unet":
                 block, group = unet_block_and_group(path)
-                sgm = sgm_name(path, SDXL_UNET_CONFIG)
+                sgm = sgm_name(path, unet_config)
             else:
                 block, group = te_block_and_group(component, path)
                 sgm = None
@@ -273,7 +200,7 @@ _SECTION_RANK = {"time_embed": 0, "label_emb": 1, "input_blocks": 2, "middle_blo
 
 
 def _forward_order(entry: dict) -> tuple:
-    rank = list(COMPONENTS).index(entry["component"])
+    rank = list(COMPONENT_CLASSES).index(entry["component"])
     if entry["sgm"] is None:
         return (rank,)
     section, *rest = entry["sgm"].split(".")
@@ -297,21 +224,44 @@ def _check_flat_names_unique(entries: list[dict]) -> None:
                 raise ValueError(f"kohya name {flat} is shared by {seen[flat]} and {e['name']}")
 
 
-def generate(models: dict | None = None) -> dict:
-    models = models if models is not None else build_models()
+def generate(name: str = "sdxl", models: dict | None = None) -> dict:
+    spec, modelspec, aliases = ARCHITECTURES[name]
+    models = models if models is not None else build_models(name)
     return {
-        "name": "sdxl",
+        "name": name,
         "format_version": 1,
         "generated_by": "python -m adapterctl.arch.generate",
-        "modelspec_architecture": "stable-diffusion-xl-v1-base/lora",
+        "modelspec_architecture": modelspec,
         # How other tools name this base in metadata; lets readers map a header to us.
-        "aliases": ["sdxl_base_v1-0", "stable-diffusion-xl-v1-base", "sdxl_base"],
-        "components": list(COMPONENTS),
+        "aliases": aliases,
+        "components": list(COMPONENT_CLASSES),
         "kohya_prefixes": dict(KOHYA_PREFIXES),
-        "model_classes": {c: f"{lib}.{cls}" for c, (lib, cls, _) in COMPONENTS.items()},
-        "configs": {c: cfg for c, (_, _, cfg) in COMPONENTS.items()},
-        "modules": describe(models),
+        "model_classes": {c: f"{lib}.{cls}" for c, (lib, cls) in COMPONENT_CLASSES.items()},
+        "configs": spec["configs"],
+        "pipeline": spec["pipeline"],
+        "modules": describe(models, spec["configs"]["unet"]),
     }
+
+
+def tokenizer_files() -> dict[str, str]:
+    """The tiny tokenizer's vocabulary: byte-level BPE symbols (GPT-2's byte-to-unicode table,
+    which CLIP uses), each also with CLIP's end-of-word mark, then the two specials; no merges."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = iter(range(256, 512))
+    others = [b for b in range(256) if b not in printable]
+    symbols = [chr(b) for b in printable] + [chr(next(shifted)) for _ in others]
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    assert len(tokens) == configs.TINY_VOCAB_SIZE
+    vocab = {token: i for i, token in enumerate(tokens)}
+    return {"vocab.json": json.dumps(vocab, ensure_ascii=False, indent=0) + "\n", "merges.txt": "#version: 0.2\n"}
+
+
+def outputs() -> dict[Path, str]:
+    """Every generated file: path -> text."""
+    files = {DATA_DIR / f"{name}.json": render(generate(name)) for name in ARCHITECTURES}
+    folder = DATA_DIR / configs.SDXL_TINY["pipeline"]["tokenizer_files"]
+    files.update({folder / fname: text for fname, text in tokenizer_files().items()})
+    return files
 
 
 def render(data: dict) -> str:
@@ -329,14 +279,17 @@ def render(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adapterctl.arch.generate", description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="compare with the file on disk instead of writing")
-    parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--check", action="store_true", help="compare with the files on disk instead of writing")
+    parser.add_argument("--output", type=Path, help="write (or check) only the sdxl map, at this path")
     args = parser.parse_args(argv)
-    text = render(generate())
-    code = write_or_check(args.output, text, check=args.check, regenerate="python -m adapterctl.arch.generate")
-    if code == 0 and not args.check:
-        print(f"wrote {args.output} ({len(json.loads(text)['modules'])} modules)")
+    files = {args.output: render(generate("sdxl"))} if args.output else outputs()
+    code = 0
+    for path, text in files.items():
+        code |= write_or_check(path, text, check=args.check, regenerate="python -m adapterctl.arch.generate")
+        if not args.check:
+            print(f"wrote {path}")
     return code
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
