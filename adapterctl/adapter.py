@@ -122,9 +122,24 @@ class Adapter:
     def blocks(self) -> dict[str, int]:
         return dict(Counter(e.block or "?" for e in self.manifest.modules))
 
+    @classmethod
+    def new(cls, arch: ArchMap, manifest: Manifest, origins: Mapping[BranchKey, Computed], operation: Operation,
+            metadata: Optional[dict[str, str]] = None, name: str = "new adapter") -> "Adapter":
+        """An adapter with no source file, every branch computed (what a trainer exports); ``save``
+        writes it like any derived adapter, with ``operation`` as its whole history."""
+        missing = [e.module for e in manifest.modules if not isinstance(origins.get(key_of(e)), Computed)]
+        if missing:
+            raise ValueError(f"a new adapter computes every branch; no producer for {missing[0]}")
+        from adapterctl.layouts.read import ReadResult
+
+        return cls(path=Path(name), arch=arch, manifest=manifest, manifest_stored=False, metadata=dict(metadata or {}),
+                   read=ReadResult(layout=manifest.layout, entries=[]), pending=(operation,), origins=dict(origins))
+
     def input_adapters(self) -> tuple["Adapter", ...]:
-        """The files this adapter's branches are drawn from, in provenance order."""
-        return self.inputs or (self,)
+        """The files this adapter's branches are drawn from, in provenance order (none for a new one)."""
+        if self.inputs:
+            return self.inputs
+        return (self,) if self.source is not None else ()
 
     def origin(self, entry: ModuleEntry) -> Origin:
         return self.origins.get(key_of(entry), FromInput(0))
@@ -202,12 +217,14 @@ class Adapter:
 
         return base.run(registry.get(op), self, **params)
 
-    def save(self, path, *, force: bool = False, strip_foreign: bool = False, durable: bool = False) -> "SaveResult":
-        """Write atomically. ``durable`` also fsyncs, so the file survives a power loss."""
+    def save(self, path, *, force: bool = False, strip_foreign: bool = False, durable: bool = False,
+             protect: Iterable[Path] = ()) -> "SaveResult":
+        """Write atomically. ``durable`` also fsyncs, so the file survives a power loss. ``protect``:
+        more paths the output must never replace (a trainer's images), besides the inputs."""
         from adapterctl.ops.save import save_adapter
 
         return save_adapter(self, Path(path), force=force, strip_foreign=strip_foreign, durable=durable,
-                            reader=type(self))
+                            reader=type(self), protect=tuple(Path(p) for p in protect))
 
     def close(self) -> None:
         for adapter in self.inputs:

@@ -75,3 +75,23 @@ class UsageError(AdapterError):
 class ValidationFailed(AdapterError):
     code = "validation_failed"
     exit_code = 1
+
+
+class MissingExtra(AdapterError):
+    """An optional dependency (torch, diffusers, Pillow) is not installed."""
+
+    code = "missing_extra"
+    exit_code = 2
+
+
+class BaseModelNotFound(InputNotFound):
+    """``--base`` names nothing that can be loaded here (not cached, Hub unreachable, bad folder)."""
+
+    code = "base_not_found"
+
+
+class TrainingInterrupted(AdapterError):
+    """Training stopped on a signal after saving a checkpoint; the message says where."""
+
+    code = "interrupted"
+    exit_code = 130

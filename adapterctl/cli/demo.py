@@ -1,4 +1,4 @@
-"""adapterctl demo: a tour of the toolchain on the example adapters shipped with the package."""
+"""adapterctl demo: a tour of the toolchain on the examples shipped with the package, training included."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from adapterctl.cli.output import Output
 def register(app: typer.Typer) -> None:
     app.command("demo", help=__doc__.split(":", 1)[1].strip() + "\n\n"
                 "Runs inspect, split, convert and validate on a B-LoRA file in old diffusers naming and a kohya "
-                "LoCon file, writing into a work directory.\n\n"
+                "LoCon file; then, with the training extra, trains B-LoRAs on two shipped sample pictures with "
+                "the embedded tiny base (random weights: its images are noise), splits one, merges them with "
+                "ZipLoRA, converts the merge, and renders a content x style grid. Writes into a work "
+                "directory.\n\n"
                 "Example:\n\n"
                 "  adapterctl demo --workdir /tmp/adapterctl-demo")(demo_cmd)
 
@@ -28,4 +31,7 @@ def demo_cmd(
 
     out = Output(json_mode=json_out, quiet=quiet)
     result = run_demo(workdir, log=out.note if not json_out else (lambda _m: None))
-    out.result(result, lambda console, r: console.print(f"demo ok: {len(r['steps'])} steps, outputs in {r['workdir']}"))
+    out.result(result, lambda console, r: console.print(
+        f"demo {'ok' if r['ok'] else 'FAILED'}: {len(r['steps'])} steps in {r['seconds']} s, outputs in {r['workdir']}"))
+    if not result["ok"]:
+        raise typer.Exit(1)

@@ -11,16 +11,12 @@ import os
 import sys
 import warnings
 
-# One BLAS thread unless the user says otherwise, set before numpy can load: the matrices of a
-# merge or prune are small (r x in), so a second OpenBLAS thread only doubled CPU time on 2 cores,
-# and on a busy machine its spin-waiting made merges 3-9x slower (docs/benchmarks.md).
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+from adapterctl.cli import _env  # noqa: F401,E402 - thread defaults, before numpy loads
 
 import typer  # noqa: E402 - after the thread defaults, on purpose
 
 from adapterctl.version import __version__  # noqa: E402
-from adapterctl.cli import convert, demo, inspect, merge, prune, split, tag, validate  # noqa: E402
+from adapterctl.cli import convert, demo, generate, inspect, merge, prune, split, tag, train, validate  # noqa: E402
 from adapterctl.cli._help import TidyCommand  # noqa: E402
 
 app = typer.Typer(
@@ -39,7 +35,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (inspect, validate, tag, split, convert, merge, prune, demo):
+for module in (inspect, validate, tag, split, convert, merge, prune, train, generate, demo):
     module.register(app)
 for _info in app.registered_commands:  # --help that reads like a well-kept CLI (cli/_help.py)
     _info.cls = TidyCommand

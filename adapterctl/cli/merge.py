@@ -1,11 +1,13 @@
-"""adapterctl merge: combine adapters into one: ZipLoRA (data-free), NP-LoRA, exact sums, SVD, TIES/DARE, experts.
+"""adapterctl merge: combine adapters into one: ZipLoRA (data-free or calibrated), NP-LoRA, exact sums, SVD, TIES/DARE, experts.
 
 Every method works one module at a time and never holds the whole model: cat/linear/zip/np are
 exact in low rank (the factors are concatenated, mergers and projections folded in), svd
 compresses the exact sum by a low-rank SVD, ties/dare build one module's dense update at a time.
 For zip and np the content and style inputs are picked by their roles (a B-LoRA file holds
 both: content comes from the first input, style from the second); untagged files need
---content FILE --style FILE. Modules only one input has are copied unchanged.
+--content FILE --style FILE. Modules only one input has are copied unchanged. zip with --base
+learns its mergers as ZipLoRA does, through the base model's UNet on the reference images
+(recorded by 'adapterctl train', or --content-image/--style-image); needs the train extra.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def register(app: typer.Typer) -> None:
                 "Examples:\n\n"
                 "  adapterctl merge --list\n\n"
                 "  adapterctl merge dog.safetensors painting.safetensors --method zip --report zip.json\n\n"
+                "  adapterctl merge dog.safetensors painting.safetensors --method zip --base "
+                "stabilityai/stable-diffusion-xl-base-1.0\n\n"
                 "  adapterctl merge --content dog.safetensors --style painting.safetensors --method np\n\n"
                 "  adapterctl merge a.safetensors b.safetensors --method svd --rank 64 --weights 1,0.7\n\n"
                 "  adapterctl merge styleinject.safetensors --method experts --mix 0.5,0.3,0.2")(merge_cmd)
@@ -59,10 +63,28 @@ def merge_cmd(
                                                                      "sv_cumulative (as in prune).")] = None,
     param: Annotated[Optional[float], typer.Option("--param", help="The --dynamic rule's parameter.")] = None,
     density: Annotated[Optional[float], typer.Option("--density", help="Share of entries kept (ties, dare).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random masks (dare).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random masks (dare), or of the "
+                                                               "calibration's noise (zip --base; default 0).")] = None,
     lam: Annotated[Optional[float], typer.Option("--lambda", help="Merger-overlap penalty (zip).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Most optimiser steps per module (zip).")] = None,
     axis: Annotated[Optional[str], typer.Option("--axis", help="What zip's mergers scale: input or output.")] = None,
+    base: Annotated[Optional[str], typer.Option(
+        "--base", help="zip: calibrate the mergers on images through this base model (tiny, a diffusers folder, a "
+                       ".safetensors checkpoint or a Hub id), as ZipLoRA does.", show_default=False)] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="The --base Hub repo's branch, tag or "
+                                                                       "commit.")] = None,
+    content_image: Annotated[Optional[Path], typer.Option(
+        "--content-image", help="zip --base: the content reference image (default: the one the content "
+                                "input records).", **_FileOpt)] = None,
+    style_image: Annotated[Optional[Path], typer.Option(
+        "--style-image", help="zip --base: the style reference image (default: the one the style input "
+                              "records).", **_FileOpt)] = None,
+    content_prompt: Annotated[Optional[str], typer.Option("--content-prompt", help="zip --base: the content "
+                                                                                   "LoRA's prompt.")] = None,
+    style_prompt: Annotated[Optional[str], typer.Option("--style-prompt", help="zip --base: the style LoRA's "
+                                                                               "prompt.")] = None,
+    calibration_steps: Annotated[Optional[int], typer.Option(
+        "--calibration-steps", help="zip --base: most Adam steps (default 100).")] = None,
     mu: Annotated[Optional[float], typer.Option("--mu", help="Projection strength (np).")] = None,
     project: Annotated[Optional[str], typer.Option("--project", help="Which update np projects: content or "
                                                                      "style.")] = None,
@@ -96,6 +118,30 @@ def merge_cmd(
         inputs, pair = [content, style], (0, 1)
     if not inputs:
         raise UsageError("no inputs", hint="adapterctl merge A.safetensors B.safetensors --method cat")
+    if base is None:
+        for flag, value in (("--revision", revision), ("--content-image", content_image),
+                            ("--style-image", style_image), ("--content-prompt", content_prompt),
+                            ("--style-prompt", style_prompt), ("--calibration-steps", calibration_steps)):
+            if value is not None:
+                raise UsageError(f"{flag} is used only when calibrating zip on a base model",
+                                 hint="add --base MODEL (with --method zip), or drop it")
+    elif method != "zip":
+        from adapterctl.ops.registry import method as find_method
+
+        find_method(method)  # an unknown name is reported as such
+        raise UsageError(f"--base calibrates zip's mergers on images; merge --method {method} takes no base model",
+                         hint="use --method zip, or drop --base")
+    else:
+        import adapterctl.torch as torch_extra
+        from adapterctl.cli._env import USER_PINNED_THREADS
+
+        torch_extra.require()
+        torch_extra.quiet_libraries()
+        if not USER_PINNED_THREADS:
+            torch_extra.use_all_cores()
+    calibration_options = {} if base is None else {
+        "base": base, "revision": revision, "content_image": content_image, "style_image": style_image,
+        "content_prompt": content_prompt, "style_prompt": style_prompt, "calibration_steps": calibration_steps}
     options = {"rank": rank, "dynamic": dynamic, "param": param, "density": density, "seed": seed, "lam": lam, "steps": steps,
                "axis": axis, "mu": mu, "project": project, "mix": _numbers(mix, "--mix"),
                "calibration": str(calibration) if calibration is not None else None}
@@ -108,7 +154,8 @@ def merge_cmd(
             opened.append(Adapter.open(p, arch=arch))
         merged = merge(opened, method, weights=_numbers(weights, "--weights"), block_weights=block_weights or [],
                        content=pair[0] if pair else None, style=pair[1] if pair else None, pick_roles=pick_roles,
-                       to=to, measure_quality=report is not None or plot is not None, **options)
+                       to=to, measure_quality=report is not None or plot is not None, **calibration_options,
+                       **options)
         for note in merged.report.notes:
             out.note(note)
         target = output or _default_output(inputs, method, to)

@@ -15,7 +15,7 @@ the merge. Provenance lists every input and the merge (format/manifest.py).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from pydantic import ValidationError
@@ -32,18 +32,57 @@ from adapterctl.textsafe import clip
 if TYPE_CHECKING:
     from adapterctl.adapter import Adapter
 
+
+@dataclass
+class CalibratedMergeReport(MergeReport):
+    """A zip merge's report with ``--base``: ``calibration`` is what the run found
+    (``adapterctl.torch.zip_calibrate.Calibration``: the mergers, loss and overlap histories),
+    or None when there was nothing to calibrate."""
+
+    calibration: Optional[object] = None
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        cal = self.calibration
+        if cal is not None:
+            out["calibration"] = {**cal.args(), "device": cal.device, "seconds": cal.seconds,
+                                  "stopped_early": cal.stopped_early, "data_free_modules": list(cal.data_free),
+                                  "loss_history": list(cal.loss_history),
+                                  "overlap_history": list(cal.overlap_history)}
+        return out
+
+
 def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Sequence[float]] = None,
           block_weights: Sequence[str] = (), content: Optional[int] = None, style: Optional[int] = None,
           pick_roles: bool = False, to: Optional[str] = None, measure_quality: bool = False,
+          base=None, revision: Optional[str] = None, content_image=None, style_image=None,
+          content_prompt: Optional[str] = None, style_prompt: Optional[str] = None,
+          calibration_steps: Optional[int] = None, resolution: Optional[int] = None, progress=None,
           **method_params) -> "Adapter":
     """A derived adapter that merges ``adapters`` with ``method`` (see ``merge_methods()``).
 
     ``content``/``style``: indices of the inputs to take those roles from (pair methods pick them
     from the roles when not given). ``pick_roles``: take roles that way for other methods too.
-    ``measure_quality``: also compute the interference proxies into ``report``."""
+    ``measure_quality``: also compute the interference proxies into ``report``.
+
+    ``base`` (zip only): a base model (``"tiny"``, a folder, a checkpoint, a Hub id, or a loaded
+    ``adapterctl.torch.base.BaseModel``) through which the mergers are calibrated on the reference
+    images, now, before this returns (``adapterctl.torch.zip_calibrate``; needs the train extra).
+    The images and prompts default to those the inputs' ``train`` provenance records;
+    ``calibration_steps`` (default 100), ``seed`` (default 0), ``resolution`` (default: the
+    training resolution the content input records, else the style input's, else the base
+    model's native one) and ``progress(step, steps, loss, overlap)`` tune the run; the report
+    (a ``CalibratedMergeReport``) keeps the run's ``calibration``."""
     from adapterctl.ops.registry import method as find_method
 
     meth = find_method(method)
+    calibrate_on = _calibration_request(meth, base, revision=revision, content_image=content_image,
+                                        style_image=style_image, content_prompt=content_prompt,
+                                        style_prompt=style_prompt, calibration_steps=calibration_steps,
+                                        resolution=resolution, progress=progress)
+    seed = method_params.pop("seed", None) if calibrate_on is not None else None
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
+        raise UsageError(f"--seed must be an integer from 0 to 2^63 - 1, not {clip(repr(seed), 40)}")
     params = _params(meth, method_params)
     adapters = list(adapters)
     _check_inputs(meth, adapters)
@@ -51,8 +90,9 @@ def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Seque
     target = _target_layout(adapters[0], to)
     w = _weights(meth, weights, len(adapters))
     per_input_blocks = _block_weights(arch, block_weights, len(adapters))
-    report = MergeReport(arch, meth.name, [clip(a.path.name, 200) for a in adapters], measured=measure_quality)
-    chosen, both_roles = _choose(meth, adapters, content, style, pick_roles, report)
+    report = (MergeReport if calibrate_on is None else CalibratedMergeReport)(
+        arch, meth.name, [clip(a.path.name, 200) for a in adapters], measured=measure_quality)
+    chosen, both_roles, content_index = _choose(meth, adapters, content, style, pick_roles, report)
     calibration = _calibration(params, adapters) if meth.inputs == "one" else None
 
     groups: dict[str, list[tuple[int, ModuleEntry]]] = {}
@@ -72,14 +112,26 @@ def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Seque
         report.notes.append("the picked content and style branches lie in different modules (B-LoRA blocks): "
                             f"combined as they are, nothing to {meth.name}")
 
-    out: list[ModuleEntry] = []
-    origins = {}
+    planned_parts: dict[str, tuple[list[tuple[int, ModuleEntry]], list[float]]] = {}
     for module, parts in groups.items():
         weighted_parts = [(part, w[part[0]] * per_input_blocks[part[0]].weight(arch, module)) for part in parts]
         weighted_parts = [(part, f) for part, f in weighted_parts if f != 0]  # weight 0 drops a part
-        if not weighted_parts:
-            continue
-        parts, factors = [p for p, _ in weighted_parts], [f for _, f in weighted_parts]
+        if weighted_parts:
+            planned_parts[module] = ([p for p, _ in weighted_parts], [f for _, f in weighted_parts])
+    calibrated = None
+    if calibrate_on is not None:
+        calibrated = report.calibration = _calibrate_zip(adapters, planned_parts, content_index, params,
+                                                         calibrate_on, seed, report)
+        if calibrated is not None:
+            from adapterctl.ops.methods.zip import CalibratedZipParams
+
+            # zip takes a module's parts in input order: the content input may be the second.
+            mergers = {m: pair if content_index == 0 else pair[::-1] for m, pair in calibrated.mergers().items()}
+            params = CalibratedZipParams(**params.model_dump(), mergers=mergers)
+
+    out: list[ModuleEntry] = []
+    origins = {}
+    for module, (parts, factors) in planned_parts.items():
         if meth.inputs == "one" or len(parts) > 1:
             entry, origin = _computed(meth, params, arch, adapters, module, parts, factors, report, calibration)
             out.append(entry)
@@ -94,11 +146,14 @@ def merge(adapters: Sequence["Adapter"], method: str, *, weights: Optional[Seque
     if not out:
         raise UsageError("the merge keeps no branches (every weight is 0)")
 
-    base = replace(adapters[0], pending=(), origins={}, inputs=(), metadata={}, report=None)
+    first = replace(adapters[0], pending=(), origins={}, inputs=(), metadata={}, report=None)
     args = {"method": meth.name, "inputs": [clip(a.path.name, 200) for a in adapters], "weights": list(w),
             "block_weights": list(block_weights), **_args(params), **report.planned_summary()}
+    if calibrated is not None:
+        args.pop("steps", None)  # the data-free search's step cap: not used
+        args.update(calibrated.args())
     zipped = meth.name == "zip" and any(isinstance(o, Computed) for o in origins.values())
-    return base._derive("merge", args, inputs=tuple(adapters), origins=origins, report=report, modules=out,
+    return first._derive("merge", args, inputs=tuple(adapters), origins=origins, report=report, modules=out,
                         layout=target, method="ziplora" if zipped else "merged", preset=None, role_rules=[])
 
 
@@ -184,9 +239,10 @@ def _block_weights(arch, specs: Sequence[str], n: int):
 
 
 def _choose(meth: MergeMethod, adapters: list["Adapter"], content: Optional[int], style: Optional[int],
-            pick_roles: bool, report: MergeReport) -> tuple[list[list[ModuleEntry]], bool]:
-    """The branches each input contributes, and whether they were picked by role from files that
-    hold both roles (B-LoRA), where content and style may lie in different modules by design.
+            pick_roles: bool, report: MergeReport) -> tuple[list[list[ModuleEntry]], bool, Optional[int]]:
+    """The branches each input contributes, whether they were picked by role from files that
+    hold both roles (B-LoRA), where content and style may lie in different modules by design,
+    and which input is the content one (None when roles play no part).
 
     Inputs named as content and style contribute every branch (the whole file is that LoRA, as
     in ZipLoRA). Otherwise, for zip/np (or with ``pick_roles``), the content input contributes its
@@ -199,9 +255,9 @@ def _choose(meth: MergeMethod, adapters: list["Adapter"], content: Optional[int]
         picked = [[], []]
         picked[content], picked[style] = list(adapters[content].manifest.modules), \
             list(adapters[style].manifest.modules)
-        return picked, False
+        return picked, False, content
     if meth.inputs != "pair" and not pick_roles:
-        return [list(a.manifest.modules) for a in adapters], False
+        return [list(a.manifest.modules) for a in adapters], False, None
     if len(adapters) != 2:
         raise UsageError("roles are picked from exactly two inputs (content and style)")
     content, style, both = _pick_by_roles(adapters, report)
@@ -210,7 +266,7 @@ def _choose(meth: MergeMethod, adapters: list["Adapter"], content: Optional[int]
         a = adapters[index]
         allowed = (wanted,) if any(e.role == wanted for e in a.manifest.modules) else (None,)
         picked[index] = [e for e in a.manifest.modules if e.role in allowed]
-    return picked, both
+    return picked, both, content
 
 
 def _pick_by_roles(adapters: list["Adapter"], report: MergeReport) -> tuple[int, int, bool]:
@@ -326,3 +382,68 @@ def _calibration(params, adapters) -> Optional[dict]:
                 raise UsageError(f"calibration input for '{clip(name, 120)}' has {st.tensors[name].numel} values; "
                                  "a router input is one vector")
         return {name: read_array(st, name) for name in wanted & set(st.tensors)}
+
+
+_CALIBRATION_FLAGS = (("content_image", "--content-image"), ("style_image", "--style-image"),
+                      ("content_prompt", "--content-prompt"), ("style_prompt", "--style-prompt"),
+                      ("calibration_steps", "--calibration-steps"), ("revision", "--revision"),
+                      ("resolution", "resolution"), ("progress", "progress"))
+
+
+def _calibration_request(meth: MergeMethod, base, **given) -> Optional[dict]:
+    """The calibration options when ``base`` is given (zip only), else None; options that only
+    calibration takes are refused without it. Checked before anything is read."""
+    if base is None:
+        for key, flag in _CALIBRATION_FLAGS:
+            if given.get(key) is not None:
+                raise UsageError(f"{flag} is used only when calibrating zip on a base model",
+                                 hint="add --base MODEL (with --method zip), or drop it")
+        return None
+    if meth.name != "zip":
+        raise UsageError(f"--base calibrates zip's mergers on images; merge --method {meth.name} takes no base model",
+                         hint="use --method zip, or drop --base")
+    if isinstance(base, str) and not base.strip():
+        raise UsageError("--base is empty", hint="pass --base tiny, a diffusers folder, a checkpoint or a Hub id")
+    for key, flag, low, high in (("calibration_steps", "--calibration-steps", 1, 100_000),
+                                 ("resolution", "resolution", 64, 8192)):
+        value = given.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not low <= value <= high):
+            raise UsageError(f"{flag} must be an integer from {low} to {high}, not {clip(repr(value), 40)}")
+    return {"base": base, **given}
+
+
+def _calibrate_zip(adapters, planned_parts, content_index: Optional[int], params, request: dict,
+                   seed: Optional[int], report: MergeReport):
+    """ZipLoRA's own calibration (adapterctl/torch/zip_calibrate.py) of every module both the
+    content and the style input carry, on their reference images; None when no UNet module is
+    shared (then the data-free mergers are used, with a note)."""
+    from adapterctl.ops.methods.base import weighted
+
+    shared = [m for m, (parts, _) in planned_parts.items() if len({i for i, _ in parts}) == 2]
+    if content_index is None or not any(m.startswith("unet.") for m in shared):
+        report.notes.append("--base: no UNet module carries both a content and a style branch, so there is nothing "
+                            "to calibrate on images" + ("; data-free mergers were used" if shared else ""))
+        return None
+    from adapterctl.torch.base import BaseModel, load_base
+    from adapterctl.torch.zip_calibrate import STEPS, calibrate, references
+
+    c, s = adapters[content_index], adapters[1 - content_index]
+    refs = references(c, s, content_image=request["content_image"], style_image=request["style_image"],
+                      content_prompt=request["content_prompt"], style_prompt=request["style_prompt"])
+    base = request["base"]
+    model = base if isinstance(base, BaseModel) else load_base(str(base), revision=request["revision"])
+    branches = {}
+    for module, (parts, factors) in planned_parts.items():
+        pair = [None, None]
+        for (index, entry), factor in zip(parts, factors):
+            pair[0 if index == content_index else 1] = weighted(adapters[index].branch(entry), factor)
+        branches[module] = tuple(pair)
+    steps = request["calibration_steps"]
+    result = calibrate(c, s, model, content_image=refs[0].image, style_image=refs[1].image,
+                       content_prompt=refs[0].prompt, style_prompt=refs[1].prompt, axis=params.axis,
+                       lam=params.lam, steps=STEPS if steps is None else steps, seed=0 if seed is None else seed,
+                       resolution=request["resolution"] or refs[0].resolution or refs[1].resolution,
+                       progress=request["progress"], branches=branches)
+    report.notes.extend([*refs[0].notes, *refs[1].notes, *result.notes, result.summary()])
+    return result

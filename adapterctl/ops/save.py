@@ -42,7 +42,7 @@ class SaveResult:
 
 
 def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: bool, durable: bool = False,
-                 reader: type) -> SaveResult:
+                 reader: type, protect: tuple[Path, ...] = ()) -> SaveResult:
     """``reader``: the Adapter class, whose ``open``/``open_fd`` read the output back before it
     is named (passed in, so that this module never imports the one that calls it)."""
     _refuse_nonfinite(adapter)
@@ -55,7 +55,7 @@ def save_adapter(adapter: "Adapter", path: Path, *, force: bool, strip_foreign: 
     slots = HashSlots.new(len(sources))
     manifest = adapter.manifest.model_copy(update={"modules": entries, "provenance": _provenance(adapter, slots)})
     metadata = _metadata(adapter, manifest, path, strip_foreign, slots)
-    inputs: tuple[Path, ...] = ()
+    inputs: tuple[Path, ...] = protect
     for a in sources:
         inputs += (a.source.path, a.path)
         if a.peft_config is not None:  # a peft input is its directory and both files in it
