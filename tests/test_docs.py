@@ -104,10 +104,10 @@ def run_step(step: Step, cwd: Path) -> Result:
         from adapterctl.cli.main import run
 
         out, err = io.StringIO(), io.StringIO()
-        old_cwd, old_env = os.getcwd(), dict(os.environ)
+        old_cwd, old_env, env = os.getcwd(), dict(os.environ), _env()  # _env() reads os.environ: before clear()
         os.chdir(cwd)
         os.environ.clear()
-        os.environ.update(_env())
+        os.environ.update(env)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 code = run(argv)

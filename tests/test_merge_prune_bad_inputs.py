@@ -8,17 +8,15 @@ unchanged. All cases run in one interpreter (tests/_cli_helpers.run_cli_batch).
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _cli_helpers import REPO, run_cli_batch
+from _cli_helpers import REPO, listing, run_cli_batch
 from safetensors.numpy import save_file
 
-from adapterctl.arch import known_architectures, load_arch
+from adapterctl.arch import load_arch
 
 VECTORS = REPO / "spec" / "vectors"
 ARCH = load_arch("sdxl")
@@ -60,18 +58,6 @@ def dora(path: Path) -> Path:
 def vector(name: str, d: Path) -> Path:
     shutil.copyfile(VECTORS / name, d / name)
     return d / name
-
-
-def listing(d: Path) -> dict[str, str]:
-    """Every entry under d (hidden ones too), with a hash of each file's bytes."""
-    out = {}
-    for root, dirs, files in os.walk(d):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(root, name), d) + "/"] = "dir"
-        for name in files:
-            p = os.path.join(root, name)
-            out[os.path.relpath(p, d)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
 
 
 # Each case: (id, setup(d) -> argv (without 'adapterctl'), exit code, words the error line must hold)

@@ -12,8 +12,6 @@ its own environment variables); Ctrl-C runs a real process, because it needs a r
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import signal
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _cli_helpers import REPO, CliResult, cli_env
+from _cli_helpers import REPO, CliResult, cli_env, listing, run_cli_jobs
 from PIL import Image
 
 
@@ -42,56 +40,8 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-_BATCH = r"""
-import io, json, os, sys, traceback
-from adapterctl.cli.main import run
-
-jobs = json.loads(sys.stdin.read())
-real_out, real_err, real_env, real_cwd = sys.stdout, sys.stderr, dict(os.environ), os.getcwd()
-results = []
-for job in jobs:
-    os.environ.update(job["env"])
-    os.chdir(job["cwd"])
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
-    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
-    sys.stdout, sys.stderr = out, err
-    try:
-        rc = run(job["argv"])
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # a real process would print this traceback and exit 1
-        err.write(traceback.format_exc())
-        rc = 1
-    finally:
-        sys.stdout, sys.stderr = real_out, real_err
-        os.environ.clear()
-        os.environ.update(real_env)
-        os.chdir(real_cwd)
-    results.append({"rc": rc, "stdout": out.buffer.getvalue().decode("utf-8"),
-                    "stderr": err.buffer.getvalue().decode("utf-8")})
-real_out.write(json.dumps(results))
-"""
-
-
 def _batch(jobs: list[tuple[list, Path, dict]], timeout: float = 600) -> list[CliResult]:
-    """Run each (argv, cwd, extra env) through the CLI's ``run()`` in one fresh interpreter."""
-    payload = [{"argv": [str(a) for a in argv], "cwd": str(cwd), "env": extra} for argv, cwd, extra in jobs]
-    proc = subprocess.run([sys.executable, "-c", _BATCH], input=json.dumps(payload).encode(), cwd=REPO,
-                          env=env(), capture_output=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-3000:]
-    return [CliResult(r["rc"], r["stdout"], r["stderr"]) for r in json.loads(proc.stdout)]
-
-
-def listing(d: Path) -> dict[str, str]:
-    """Every entry under d (hidden ones too), with a hash of each file's bytes."""
-    out = {}
-    for root, dirs, files in os.walk(d):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(root, name), d) + "/"] = "dir"
-        for name in files:
-            p = os.path.join(root, name)
-            out[os.path.relpath(p, d)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
+    return run_cli_jobs(jobs, env=env(), cwd=REPO, timeout=timeout)
 
 
 def photo(path: Path, seed: int = 0, size: tuple[int, int] = (96, 80)) -> Path:

@@ -92,7 +92,7 @@ def generate_cmd(
     at.require()
     at.quiet_libraries()
     if not _env.USER_PINNED_THREADS:
-        at.use_all_cores()
+        at.use_all_cores(base)
 
     from adapterctl.torch.apply import parse_adapter_spec, plan
     from adapterctl.torch.base import DEFAULT_BASE, load_base

@@ -11,7 +11,9 @@ import os
 import sys
 import warnings
 
-from adapterctl.cli import _env  # noqa: F401,E402 - thread defaults, before numpy loads
+from adapterctl.cli import _env
+
+_env.set_thread_defaults()  # before numpy or torch can load
 
 import typer  # noqa: E402 - after the thread defaults, on purpose
 

@@ -138,7 +138,7 @@ def merge_cmd(
         torch_extra.require()
         torch_extra.quiet_libraries()
         if not USER_PINNED_THREADS:
-            torch_extra.use_all_cores()
+            torch_extra.use_all_cores(base)
     calibration_options = {} if base is None else {
         "base": base, "revision": revision, "content_image": content_image, "style_image": style_image,
         "content_prompt": content_prompt, "style_prompt": style_prompt, "calibration_steps": calibration_steps}

@@ -108,7 +108,7 @@ def train_cmd(
 
     extra.quiet_libraries()
     if not _env.USER_PINNED_THREADS:
-        extra.use_all_cores()
+        extra.use_all_cores(base)
     planned = job.plan(images, config, output=output, base=base, force=force, resume=resume, layout=layout)
     for item in planned:
         for note in item.image.notes:

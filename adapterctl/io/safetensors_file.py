@@ -63,7 +63,11 @@ def _looks_like_pickle(head: bytes, size: int) -> bool:
     return not (len(head) >= 9 and 8 + header_len <= size and head[8:9] == b"{")
 
 
-def check_input_path(path: Path) -> os.stat_result:
+def check_input_path(path: Path, *, expected: str = "a .safetensors file",
+                     dir_hint: str | None = "for a peft adapter directory, pass the directory to a command that "
+                                            "reads adapters") -> os.stat_result:
+    """stat ``path`` and refuse, in one line, anything but a regular file (a FIFO or a device would
+    block or never end)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -73,8 +77,7 @@ def check_input_path(path: Path) -> os.stat_result:
     except OSError as exc:
         raise InputNotFound(f"cannot stat: {exc.strerror}", path=str(path)) from None
     if stat.S_ISDIR(st.st_mode):
-        raise InputNotFound("is a directory, expected a .safetensors file", path=str(path),
-                            hint="for a peft adapter directory, pass the directory to a command that reads adapters")
+        raise InputNotFound(f"is a directory, expected {expected}", path=str(path), hint=dir_hint)
     if not stat.S_ISREG(st.st_mode):
         raise InputNotFound("not a regular file", path=str(path))
     return st

@@ -22,14 +22,18 @@ def require() -> None:
         raise MissingExtra(f"this command needs {', '.join(missing)}, which is not installed", hint=_EXTRA_HINT)
 
 
-def use_all_cores() -> None:
-    """Give torch every core. The CLI pins BLAS to one thread for the numpy merges unless the user
-    set OMP_NUM_THREADS; training and sampling do want all cores, so a CLI command that was not
-    pinned by the user calls this."""
+def use_all_cores(base: str) -> None:
+    """Give torch every core for a real base model. The CLI pins BLAS to one thread for the numpy
+    merges unless the user set OMP_NUM_THREADS (then it does not call this). The tiny base stays on
+    one thread: its operations are too small to gain from more, and on a loaded 2-core machine
+    two threads made a tiny training step 8x slower (0.79 s against 0.097 s, docs/train.md)."""
     import os
 
     import torch
 
+    if base == "tiny":  # set, not assumed: torch may have been imported before OMP_NUM_THREADS was
+        torch.set_num_threads(1)
+        return
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
                               os.cpu_count() or 1))
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from adapterctl.errors import AdapterError, InputNotFound, InvalidFile, UsageError
+from adapterctl.io.safetensors_file import check_input_path
 from adapterctl.textsafe import clip
 
 if TYPE_CHECKING:
@@ -82,18 +83,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
 
 def _read(path: Path) -> bytes:
     """The file's bytes, read once; only a regular file, and only up to MAX_FILE_BYTES."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputNotFound("no such file", path=str(path)) from None
-    except PermissionError:
-        raise InputNotFound("permission denied", path=str(path)) from None
-    except OSError as exc:
-        raise InputNotFound(f"cannot stat: {exc.strerror}", path=str(path)) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputNotFound("is a directory, expected an image file", path=str(path))
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
-        raise InputNotFound("not a regular file", path=str(path))
+    check_input_path(path, expected="an image file", dir_hint=None)
     try:
         # O_NONBLOCK: a FIFO swapped in after the stat above must not hang the open.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
