@@ -211,7 +211,7 @@ def test_the_base_model_is_left_as_it_was(calibrated, tiny_base):
 
 
 def test_images_and_prompts_from_the_train_provenance(files):
-    from adapterctl.torch.zip_calibrate import references
+    from adapterctl.torch.references import references
 
     with adapterctl.open(files["prov_content"]) as c, adapterctl.open(files["prov_style"]) as s:
         refs = references(c, s)
