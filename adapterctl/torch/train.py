@@ -80,7 +80,12 @@ def train(config: TrainConfig, image: LoadedImage, base: BaseModel, *, fingerpri
         {"auto": half, "fp16": torch.float16, "bf16": torch.bfloat16}[config.precision]
     pipe = base.pipe
     if device.type == "cuda":
-        pipe.to(device)
+        # Only the encoders go to the GPU now, the UNet once they are freed: the peak is the larger
+        # of the two sets, not their sum (the whole fp32 SDXL pipeline alone is ~14 GB). The VAE
+        # encodes in fp32, as SDXL's VAE overflows in fp16.
+        for name in ("text_encoder", "text_encoder_2"):
+            getattr(pipe, name).to(device, weights_dtype)
+        pipe.vae.to(device, torch.float32)
     latents = encode_image(pipe, image, config.resolution, flip=config.flip, device=device)
     prompts = {"base": encode_prompt(pipe, config.prompt, device)}
     if method.name == "unziplora":
