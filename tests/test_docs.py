@@ -263,7 +263,10 @@ def test_inspect_json_page_lists_every_exit_code():
     from adapterctl import errors
 
     text = (DOCS / "inspect-json.md").read_text(encoding="utf-8").split("## Exit codes", 1)[1]
-    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.AdapterError)]
+    from adapterctl.hub import errors as hub_errors
+
+    classes = [c for module in (errors, hub_errors) for c in vars(module).values()
+               if isinstance(c, type) and issubclass(c, errors.AdapterError)]
     for cls in classes:
         row = next((line for line in text.splitlines() if f"`{cls.code}`" in line and line.startswith("|")), None)
         assert row is not None, f"error code {cls.code} is not in the table"

@@ -18,7 +18,8 @@ _env.set_thread_defaults()  # before numpy or torch can load
 import typer  # noqa: E402 - after the thread defaults, on purpose
 
 from adapterctl.version import __version__  # noqa: E402
-from adapterctl.cli import convert, demo, generate, inspect, merge, prune, split, tag, train, validate  # noqa: E402
+from adapterctl.cli import (convert, demo, generate, inspect, lock, ls, merge, prune, pull, push, split, sync,  # noqa: E402
+                            tag, train, validate, verify)
 from adapterctl.cli._help import TidyCommand  # noqa: E402
 
 app = typer.Typer(
@@ -37,7 +38,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (inspect, validate, tag, split, convert, merge, prune, train, generate, demo):
+for module in (inspect, validate, tag, split, convert, merge, prune, train, generate, ls, lock, verify, push, pull, sync,
+               demo):
     module.register(app)
 for _info in app.registered_commands:  # --help that reads like a well-kept CLI (cli/_help.py)
     _info.cls = TidyCommand
