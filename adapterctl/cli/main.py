@@ -24,13 +24,15 @@ from adapterctl.cli._help import TidyCommand  # noqa: E402
 
 app = typer.Typer(
     name="adapterctl",
-    help="Typed LoRA adapter files for diffusion models: inspect, validate, tag, split, convert, merge and "
-         "prune them.\n\n"
+    help="Typed LoRA adapter files for diffusion models: train them from one photo, inspect, validate, tag, "
+         "split, convert, merge, prune and generate with them, and keep libraries of them on the Hub and in CI."
+         "\n\n"
          "Examples:\n\n"
          "  adapterctl inspect blora.safetensors\n\n"
          "  adapterctl split blora.safetensors --keep style -o style.safetensors\n\n"
          "  adapterctl convert my_lora.safetensors --to diffusers\n\n"
-         "  adapterctl validate adapters/*.safetensors --strict --json",
+         "  adapterctl validate adapters/*.safetensors --strict --json\n\n"
+         "  adapterctl train photo.png --base tiny --steps 20",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
