@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 from adapterctl.errors import InputNotFound, OutputExists, UsageError
 from adapterctl.hub.errors import IntegrityError
 from adapterctl.io.atomic import TMP_SUFFIX, parent_of
+from adapterctl.library.read import sha256_file
 from adapterctl.textsafe import display_path
 
 _CHUNK = 1 << 20
@@ -59,7 +60,7 @@ class Stage:
         except FileNotFoundError:
             return "new"
         kind = stat.S_IFMT(st.st_mode)
-        if kind == stat.S_IFREG and sha256 is not None and _sha256(dest) == sha256:
+        if kind == stat.S_IFREG and sha256 is not None and sha256_file(dest)[0] == sha256:
             return "unchanged"
         if kind not in (stat.S_IFREG, stat.S_IFLNK):
             raise UsageError("a directory or special file is where a pulled file would go; it is never replaced",
@@ -190,11 +191,3 @@ def _is_real_dir(path: Path) -> bool:
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError("output must be a directory", path=display_path(path), hint="-o DIR")
     return True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -11,7 +11,6 @@ with an origin, as pull would have written it.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,12 +18,13 @@ from typing import Optional
 from adapterctl.errors import InputNotFound, UsageError, ValidationFailed
 from adapterctl.hub import origins
 from adapterctl.hub._client import SHA1_RE, SHA256_RE, check_remote_name, check_repo_id
-from adapterctl.hub.stage import _sha256
+from adapterctl.layouts.peft_dir import CONFIG_NAME, WEIGHTS_NAME
+from adapterctl.library.read import peft_digest, sha256_file
 from adapterctl.textsafe import clip, display_path
 
 LOCK_FORMAT = "adapterctl.lock/1"
 _LOCK_LIMIT = 64 << 20
-_PEFT = ("adapter_config.json", "adapter_model.safetensors")
+_PEFT = (CONFIG_NAME, WEIGHTS_NAME)  # a peft directory, in the order peft_digest takes
 
 
 @dataclass
@@ -153,11 +153,10 @@ def _present(path: Path, e: _Entry) -> bool:
     """Whether ``path`` holds the locked bytes: a regular file, or a peft directory hashed as lock does."""
     try:
         if path.is_file():
-            return (e.size is None or path.stat().st_size == e.size) and _sha256(path) == e.sha256
+            return (e.size is None or path.stat().st_size == e.size) and sha256_file(path)[0] == e.sha256
         if path.is_dir() and all((path / n).is_file() and not (path / n).is_symlink() for n in _PEFT):
-            joined = "\n".join(f"{n}\0{_sha256(path / n)}" for n in _PEFT)
-            return hashlib.sha256(joined.encode()).hexdigest() == e.sha256
-    except OSError:
+            return peft_digest(*(sha256_file(path / n)[0] for n in _PEFT)) == e.sha256
+    except (OSError, InputNotFound):  # gone or replaced by a non-file since the check above
         return False
     return False
 
