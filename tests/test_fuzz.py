@@ -388,6 +388,70 @@ def test_parse_key_total(key):
     assert pk is None or (isinstance(pk, ParsedKey) and pk.key == key and pk.part in PARTS)
 
 
+def test_parse_key_cache_is_bounded_and_exact():
+    """parse_key memoises short keys only (a library shares its key names): a cached answer is the
+    uncached one, and a long key is never kept (bounded whatever a file claims)."""
+    from adapterctl.layouts import registry
+
+    key = "lora_unet_output_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_down.weight"
+    assert parse_key(key) == registry._parse(key) and parse_key(key) is parse_key(key)
+    long_key = "lora_unet_" + "x" * registry.CACHED_KEY_CHARS + ".alpha"
+    before = registry._parse_cached.cache_info().currsize
+    assert parse_key(long_key) == registry._parse(long_key) is not None
+    assert registry._parse_cached.cache_info().currsize == before
+    assert registry._parse_cached.cache_info().maxsize == registry.CACHED_KEYS
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(codec="utf-8")),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(alphabet='ab"\\[]{},:\x1f'), inner,
+                                                                 max_size=4),
+    max_leaves=24)
+
+
+@fuzz(500)
+@given(value=_JSON_VALUES, ensure_ascii=st.booleans())
+def test_json_skeleton_matches_the_string_pattern(value, ensure_ascii):
+    """The shape check drops string literals with str.split when it can; on every valid document that
+    must give exactly what the careful regular expression gives, and the parse must be json's."""
+    from adapterctl.io import safe_json
+
+    text = json.dumps(value, ensure_ascii=ensure_ascii)
+    assert safe_json._without_strings(text) == safe_json._STRINGS.sub('""', text)
+    assert safe_json.loads(text) == value
+
+
+@fuzz(500)
+@given(text=st.text(alphabet='"\\[]{}:,0123456789.eE-+ abnultrf\u00e9\x00'))
+def test_json_loads_rejects_or_agrees(text):
+    """On arbitrary text (odd quotes, stray backslashes), safe_json either refuses with JsonRejected
+    or returns what json does: the fast skeleton never lets a malformed document through."""
+    from adapterctl.io import safe_json
+
+    try:
+        got = safe_json.loads(text)
+    except safe_json.JsonRejected:
+        return
+    assert got == json.loads(text)
+
+
+def test_json_shape_limits_ignore_strings():
+    """Brackets, digits and commas inside strings do not count toward depth, number length or items,
+    on both paths (split and regex); outside strings they do."""
+    from adapterctl.io import safe_json
+
+    inside = json.dumps({"a": "[" * 100 + "9" * 100 + "\\\"" + "{" * 100})
+    assert safe_json.loads(inside)["a"].startswith("[[")
+    for doc, reason in (("[" * 65 + "]" * 65, "nested deeper"), ("[" + "9" * 41 + "]", "more than 40 characters")):
+        for padded in (doc, "[" + json.dumps("\"" * 10) + "," + doc + "]"):  # plain, and with escapes
+            with pytest.raises(safe_json.JsonRejected, match=reason):
+                safe_json.loads(padded)
+    big = "[" + json.dumps("y" * (safe_json.SPLIT_MAX_CHARS + 1)) + "," + "[" * 64 + "]" * 64 + "]"
+    with pytest.raises(safe_json.JsonRejected, match="nested deeper"):  # the regex path, by size
+        safe_json.loads(big)
+
+
 def test_factor_names_round_trip():
     """For every SDXL module, every writable layout, with/without role qualifier and DoRA: the keys the
     writer produces parse back to the same branch and the right part. Otherwise adapterctl writes files

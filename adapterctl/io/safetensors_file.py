@@ -9,10 +9,11 @@ Tensor bytes are only read when asked for, with ``os.pread`` on one descriptor, 
 from __future__ import annotations
 
 import math
+import operator
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from adapterctl.errors import InputNotFound, InvalidFile, UnsafeFile
 from adapterctl.io import safe_json
@@ -30,12 +31,14 @@ DTYPE_SIZES: dict[str, int] = {
 }
 
 _U64 = (1 << 64) - 1  # shapes and offsets are usize in the Rust loader
+_BY_OFFSETS = operator.itemgetter(3, 4)  # TensorInfo (start, end)
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 
 
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
+    # A named tuple, not a frozen dataclass: made for every tensor of every file read, and a
+    # tuple is built in C (`ls` over a library creates hundreds of thousands of them).
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -153,7 +156,7 @@ class SafetensorsFile:
             raise self._fail("__metadata__ must map strings to strings")
         data_len = self.size - 8 - header_len
         tensors = [self._tensor(name, spec) for name, spec in header.items()]
-        tensors.sort(key=lambda t: (t.start, t.end))
+        tensors.sort(key=_BY_OFFSETS)
         cursor = 0
         for t in tensors:
             if t.end > data_len:
@@ -169,26 +172,33 @@ class SafetensorsFile:
         return header_len, dict(metadata), {t.name: t for t in tensors}
 
     def _tensor(self, name: str, spec) -> TensorInfo:
-        if not isinstance(spec, dict):
+        # Plain loops and exact type checks: this runs for every tensor of every file `ls` reads.
+        if type(spec) is not dict:
             raise self._fail(f"tensor '{_clip(name)}' entry is not an object")
         dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        size = DTYPE_SIZES.get(dtype) if type(dtype) is str else None
+        if size is None:
             raise self._fail(f"tensor '{_clip(name)}' has unknown dtype {_clip(repr(dtype))}")
-        if not (isinstance(shape, list) and all(type(d) is int and 0 <= d <= _U64 for d in shape)):
+        if type(shape) is not list:
             raise self._fail(f"tensor '{_clip(name)}' has an invalid shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(type(o) is int and 0 <= o <= _U64 for o in offsets) and offsets[0] <= offsets[1]):
+        for dim in shape:
+            if type(dim) is not int or not 0 <= dim <= _U64:
+                raise self._fail(f"tensor '{_clip(name)}' has an invalid shape")
+        if type(offsets) is not list or len(offsets) != 2:
+            raise self._fail(f"tensor '{_clip(name)}' has invalid data_offsets")
+        start, end = offsets
+        if type(start) is not int or type(end) is not int or not 0 <= start <= end <= _U64:
             raise self._fail(f"tensor '{_clip(name)}' has invalid data_offsets")
         # safetensors multiplies in usize with overflow checks, left to right: so do we.
-        expected = DTYPE_SIZES[dtype]
+        expected = size
         for dim in shape:
             expected *= dim
             if expected > _U64:
                 raise self._fail(f"tensor '{_clip(name)}' shape {_clip(repr(shape), 80)} overflows 64 bits")
-        if offsets[1] - offsets[0] != expected:
+        if end - start != expected:
             raise self._fail(f"tensor '{_clip(name)}' shape {shape} {dtype} needs {expected} bytes "
-                             f"but its offsets span {offsets[1] - offsets[0]}")
-        return TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
+                             f"but its offsets span {end - start}")
+        return TensorInfo(name, dtype, tuple(shape), start, end)
 
     # -- access --------------------------------------------------------------------------
     @property

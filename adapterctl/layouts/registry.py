@@ -6,6 +6,7 @@ Adding a layout is one module (see base.py) and one line here; the writable layo
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 from adapterctl.errors import UsageError
@@ -40,8 +41,25 @@ def writer(name: str) -> Layout:
     raise UsageError(f"unknown target layout '{name}'", hint=f"choose one of: {', '.join(writable())}")
 
 
+CACHED_KEY_CHARS = 256  # real keys are under 150 characters; longer ones are parsed each time
+CACHED_KEYS = 1 << 14  # about 2 MB at most: the keys of several full SDXL adapters
+
+
 def parse_key(key: str) -> Optional[ParsedKey]:
     """Return what a tensor key is, or None when no layout's grammar knows it."""
+    # Adapters for one base model share their key names, so a library read (`ls` opens every
+    # file) parses each name once. The cache holds only short keys: bounded whatever files claim.
+    if len(key) <= CACHED_KEY_CHARS:
+        return _parse_cached(key)
+    return _parse(key)
+
+
+@functools.lru_cache(maxsize=CACHED_KEYS)
+def _parse_cached(key: str) -> Optional[ParsedKey]:
+    return _parse(key)  # ParsedKey is frozen: one instance can serve every file
+
+
+def _parse(key: str) -> Optional[ParsedKey]:
     for layout in LAYOUTS:
         parsed = layout.parse(key)
         if parsed is not None:
