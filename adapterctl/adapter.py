@@ -1,7 +1,7 @@
 """The Python API: an adapter file opened lazily, and the operations that derive new ones.
 
     import adapterctl
-    a = adapterctl.open("blora.safetensors")        # header only
+    a = adapterctl.open("blora.safetensors")        # the header (and alphas), never the factors
     a.roles()                                         # {'content': 80, 'style': 80}
     a.split(keep=["style"]).convert("kohya").save("style.safetensors")
 
@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Optional
 
 from adapterctl.version import __version__
-from adapterctl.arch import ArchMap, known_architectures, load_arch
-from adapterctl.errors import InvalidFile, UnknownArchitecture, UsageError
-from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY
+from adapterctl.arch import ArchMap, load_arch
+from adapterctl.errors import InvalidFile, UsageError
+from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, FORMAT_KEY, MANIFEST_KEY
 from adapterctl.format.manifest import Manifest, ModuleEntry, Operation, RoleRule
+from adapterctl import header
 from adapterctl.format import roles as _roles
-from adapterctl.io import safe_json
 from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.layouts.read import ReadResult, read_layout
 from adapterctl.model.origins import BranchKey, Computed, FromInput, Origin, key_of
@@ -33,8 +33,6 @@ from adapterctl.textsafe import clip
 if TYPE_CHECKING:
     from adapterctl.ops.save import SaveResult
 
-# modelspec.architecture / ss_base_model_version values we know, mapped to architecture maps.
-_ARCH_HINTS = {"stable-diffusion-xl-v1-base": "sdxl", "sdxl_base_v1-0": "sdxl", "sdxl": "sdxl"}
 _OUR_KEYS = (MANIFEST_KEY, FORMAT_KEY, DIFFUSERS_METADATA_KEY)
 
 
@@ -60,18 +58,20 @@ class Adapter:
     @classmethod
     def open(cls, path, *, arch: Optional[str] = None) -> "Adapter":
         path = Path(path)
-        peft_config = None
-        file_path = path
-        if path.is_dir():
-            from adapterctl.layouts.peft_dir import read_peft_dir
-
-            file_path, peft_config = read_peft_dir(path)
-        return cls._from_file(path, SafetensorsFile(file_path), arch, peft_config)
+        st, peft_config = header.open_source(path)
+        return cls._from_file(path, st, arch, peft_config)
 
     @classmethod
     def open_fd(cls, fd: int, path, *, arch: Optional[str] = None) -> "Adapter":
         """Read an open safetensors file (``path`` is for messages): a writer checking its output."""
         return cls._from_file(Path(path), SafetensorsFile(path, fd=fd), arch, None)
+
+    @classmethod
+    def from_file(cls, path: Path, st: SafetensorsFile, *, arch: Optional[str] = None,
+                  peft_config: Optional[dict] = None) -> "Adapter":
+        """The adapter over an open ``st`` (``path``: the file, or its peft directory), which it
+        then owns: closed here if reading fails."""
+        return cls._from_file(Path(path), st, arch, peft_config)
 
     @classmethod
     def _from_file(cls, path: Path, st: SafetensorsFile, arch_name, peft_config) -> "Adapter":
@@ -84,22 +84,19 @@ class Adapter:
 
     @classmethod
     def _read(cls, path: Path, st: SafetensorsFile, arch_name, peft_config) -> "Adapter":
-        stored = _stored_manifest(st)
-        arch = load_arch(arch_name or (stored.architecture if stored else _guess_arch(st)))
+        stored = header.stored_manifest(st)
+        arch = load_arch(arch_name or (stored.architecture if stored else header.guess_arch(st)))
         if stored is not None and stored.architecture != arch.name:
             raise InvalidFile(f"manifest architecture '{clip(stored.architecture, 60)}' is not '{arch.name}'",
                               path=str(path))
         result = read_layout(st, arch, peft_config=peft_config)
-        if not result.entries and not result.lycoris:
-            raise UnknownArchitecture(f"none of the {len(result.unmapped)} LoRA tensors match the {arch.name} map",
-                                      path=str(path), hint="is this adapter for another base model?")
+        header.require_mapped(result, arch, path)
         if stored is not None:
             manifest = _reconcile(stored, result, st, arch)
-        else:
+        else:  # header.summarize mirrors this branch for listings, without the alpha values
             entries, preset = _roles.infer_roles(arch, result.entries)
-            manifest = Manifest(architecture=arch.name, layout=result.layout if result.layout != "lycoris" else "kohya",
-                                method=_guess_method(result, preset), preset=preset,
-                                modules=entries)
+            manifest = Manifest(architecture=arch.name, layout=header.layout_of(result),
+                                method=header.guess_method(result, preset), preset=preset, modules=entries)
         return cls(path=path, arch=arch, manifest=manifest, manifest_stored=stored is not None,
                    metadata=dict(st.metadata), read=result, peft_config=peft_config, source=st)
 
@@ -237,57 +234,6 @@ class Adapter:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _stored_manifest(st: SafetensorsFile) -> Optional[Manifest]:
-    raw = st.metadata.get(MANIFEST_KEY)
-    if raw is None:
-        return None
-    try:
-        head = safe_json.loads(raw)
-    except safe_json.JsonRejected as exc:
-        raise InvalidFile(f"{MANIFEST_KEY} is not valid JSON ({exc})", path=str(st.path)) from None
-    if not isinstance(head, dict) or head.get("format") != FORMAT_NAME:
-        raise InvalidFile(f"{MANIFEST_KEY} is not an {FORMAT_NAME} document", path=str(st.path))
-    if type(head.get("version")) is not int or head.get("version") != FORMAT_VERSION:  # not true, not 1.0
-        raise InvalidFile(f"manifest version {head.get('version')!r} is not supported (this is version "
-                          f"{FORMAT_VERSION})", path=str(st.path), hint="upgrade adapterctl")
-    from pydantic import ValidationError
-
-    try:
-        return Manifest.model_validate(head)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        raise InvalidFile(f"invalid manifest at '{clip(where, 120)}': {clip(str(err.get('msg')), 200)}",
-                          path=str(st.path)) from None
-
-
-def _guess_arch(st: SafetensorsFile) -> str:
-    for key in ("modelspec.architecture", "ss_base_model_version"):
-        value = st.metadata.get(key)
-        if value:
-            base = value.split("/")[0]
-            if base in _ARCH_HINTS:
-                return _ARCH_HINTS[base]
-            for candidate in (value, base):  # a map's own modelspec name or alias (sdxl-tiny)
-                try:
-                    return load_arch(candidate).name
-                except UnknownArchitecture:
-                    pass
-            raise UnknownArchitecture(f"{key} says '{clip(base, 60)}', which has no architecture map",
-                                      path=str(st.path), hint=f"known: {', '.join(known_architectures())}")
-    return "sdxl"
-
-
-def _guess_method(result: ReadResult, preset: Optional[str]) -> str:
-    if preset == "b-lora":
-        return "b-lora"
-    if result.lycoris:
-        return "lycoris-" + "+".join(sorted(result.lycoris))
-    if any(e.role == "expert" for e in result.entries):
-        return "styleinject"
-    return "locon" if any(e.kind == "conv" for e in result.entries) else "lora"
 
 
 # Fields of a branch that the tensors (and the layout's scale metadata) determine on their own.

@@ -14,6 +14,20 @@ VECTORS_DIR = Path(__file__).resolve().parents[1] / "spec" / "vectors"
 VECTORS = {p.name: p.read_bytes() for p in sorted(VECTORS_DIR.glob("valid_*.safetensors"))}
 VECTORS["valid_peft_dir/adapter_model.safetensors"] = (VECTORS_DIR / "valid_peft_dir" / "adapter_model.safetensors").read_bytes()
 
+
+def _without_manifest(buf: bytes) -> bytes:
+    """The vector as a foreign tool would have written it: no adapterctl keys in the metadata."""
+    n = int.from_bytes(buf[:8], "little")
+    head = json.loads(buf[8:8 + n])
+    meta = {k: v for k, v in head.pop("__metadata__", {}).items() if not k.startswith("adapterctl.")}
+    text = json.dumps({**({"__metadata__": meta} if meta else {}), **head}, separators=(",", ":")).encode()
+    text += b" " * (-(len(text) + 8) % 8)
+    return struct.pack("<Q", len(text)) + text + buf[8 + n:]
+
+
+# The same vectors stripped of their manifests: what the header-only listing path reads.
+FOREIGN_VECTORS = {name: _without_manifest(buf) for name, buf in VECTORS.items()}
+
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 ODD_DTYPES = ["F8_E8M0", "C64", "F4", "f32", "", "F32 ", "STR"]  # unknown to us (some known to safetensors)
@@ -225,10 +239,12 @@ def mutate_tree(draw, obj, table: list, log: list):
 
 
 @st.composite
-def mutated_vector(draw, structural: bool = True):
-    """A valid vector with 1-3 byte-level or structural header mutations -> Blob whose ops say which."""
-    name = draw(st.sampled_from(sorted(VECTORS)))
-    buf = bytearray(VECTORS[name])
+def mutated_vector(draw, structural: bool = True, pool: dict | None = None):
+    """A valid vector (of ``pool``, default VECTORS) with 1-3 byte-level or structural header
+    mutations -> Blob whose ops say which."""
+    pool = VECTORS if pool is None else pool
+    name = draw(st.sampled_from(sorted(pool)))
+    buf = bytearray(pool[name])
     ops = ["flip", "set", "insert", "delete", "length", "truncate", "append", "data"]
     ops += ["tree", "tree", "tree", "meta", "scalar"] if structural else []
     log = [name]

@@ -491,6 +491,27 @@ def test_hostile_case(matrix, name):
     assert not problems, f"{name} [{CASES[name].category}] {CASES[name].path.name!a}:\n  " + "\n  ".join(problems)
 
 
+def test_listing_reads_every_hostile_file_like_open(matrix):
+    """`ls` summarises a file without a manifest from its header alone (header.summarize); every other
+    command opens it in full. On every file of the corpus both conclude the same: the same summary, or
+    the same refusal with the same message (tests/test_fuzz.py does the same on mutated vectors)."""
+    from adapterctl.errors import AdapterError
+    from adapterctl.library.read import _summary
+
+    def outcome(path, full):
+        try:
+            return ("ok", _summary(path, full=full)[0])
+        except AdapterError as exc:
+            return ("refused", type(exc).__name__, exc.message, exc.code)
+
+    disagreements = []
+    for name, case in matrix.cases.items():
+        fast, full = outcome(case.path, False), outcome(case.path, True)
+        if fast != full:
+            disagreements.append(f"{name}: {_short(repr(fast))} != {_short(repr(full))}")
+    assert not disagreements, "\n".join(disagreements[:5])
+
+
 def test_corpus_size_and_categories():
     counts = Counter(c.category for c in CASES.values())
     assert len(CASES) >= 150, counts

@@ -41,14 +41,7 @@ def apply_rules(arch: ArchMap, entries: list[ModuleEntry], rules: list[RoleRule]
 
     Every selector must match at least one module of the architecture, so typos fail loudly.
     """
-    role_of: dict[str, str] = {}
-    for rule in rules:
-        names = arch.resolve_selector(rule.selector)
-        if not names:
-            raise UsageError(f"selector '{rule.selector}' matches no module of {arch.name}",
-                             hint="use a block id such as up_blocks.0.attentions.1, a module name, or a glob")
-        for name in names:
-            role_of[name] = rule.role
+    role_of = rule_roles(arch, rules)
     out = []
     for entry in entries:
         if entry.role == "expert":
@@ -62,22 +55,42 @@ def apply_rules(arch: ArchMap, entries: list[ModuleEntry], rules: list[RoleRule]
     return out
 
 
+def rule_roles(arch: ArchMap, rules: list[RoleRule]) -> dict[str, str]:
+    """Module name -> role, from ``rules`` in order (later rules win)."""
+    role_of: dict[str, str] = {}
+    for rule in rules:
+        names = arch.resolve_selector(rule.selector)
+        if not names:
+            raise UsageError(f"selector '{rule.selector}' matches no module of {arch.name}",
+                             hint="use a block id such as up_blocks.0.attentions.1, a module name, or a glob")
+        for name in names:
+            role_of[name] = rule.role
+    return role_of
+
+
 def infer_roles(arch: ArchMap, entries: list[ModuleEntry]) -> tuple[list[ModuleEntry], str | None]:
-    """Recognise untagged files whose shape gives their roles away; returns (entries, preset or None).
+    """Recognise untagged files whose shape gives their roles away; returns (entries, preset or None)."""
+    preset = inferred_preset(arch, entries)
+    if preset is None:
+        return entries, None
+    return apply_rules(arch, entries, preset_rules(arch, preset), source="inferred"), preset
+
+
+def inferred_preset(arch: ArchMap, branches) -> str | None:
+    """The preset an untagged file's branches (anything with ``role`` and ``block``) give away.
 
     Today: a file whose LoRA modules lie exactly in the two B-LoRA blocks, with both blocks present
     (the official B-LoRA output), is tagged content/style per the b-lora preset, marked inferred.
     """
-    if not entries or any(e.role for e in entries):
-        return entries, None
-    presets = role_presets(arch.name)
-    blora = presets.get("b-lora")
+    if not branches or any(b.role for b in branches):
+        return None
+    blora = role_presets(arch.name).get("b-lora")
     if blora is None:
-        return entries, None
-    blocks_by_role = {role: set(sels) for role, sels in blora.roles.items()}
-    wanted = set().union(*blocks_by_role.values())
-    present = {e.block for e in entries}
-    if present == wanted:
-        rules = preset_rules(arch, "b-lora")
-        return apply_rules(arch, entries, rules, source="inferred"), "b-lora"
-    return entries, None
+        return None
+    wanted = set().union(*(set(sels) for sels in blora.roles.values()))
+    return "b-lora" if {b.block for b in branches} == wanted else None
+
+
+def preset_roles(arch: ArchMap, preset: str) -> dict[str, str]:
+    """Module name -> role under a preset (what ``apply_rules`` with its rules assigns)."""
+    return rule_roles(arch, preset_rules(arch, preset))

@@ -1,7 +1,10 @@
 """Map the tensors of any supported layout onto canonical LoRA branches.
 
-The result is a list of ``ModuleEntry`` (role-less: roles come from the manifest or inference)
-plus what could not be mapped. Only header data and one-element alpha tensors are read.
+Two stages. ``map_layout`` reads the header alone: it names every branch (module, block, rank,
+the role its keys spell, its tensors) and makes every check the header allows, alpha tensors'
+shapes and dtypes included. ``read_layout`` then reads the one-element alpha tensors and builds
+``ModuleEntry`` objects (role-less: roles come from the manifest or inference). A listing of
+foreign files needs only the first stage, so it never touches the pages that hold tensor bytes.
 """
 
 from __future__ import annotations
@@ -9,20 +12,19 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from pydantic import ValidationError
 
 from adapterctl.arch import ArchMap
 from adapterctl.errors import LayoutError
 from adapterctl.format.constants import DIFFUSERS_METADATA_KEY
-from adapterctl.format.manifest import ModuleEntry, TensorKeys
+from adapterctl.format.manifest import ModuleEntry
 from adapterctl.io import safe_json
 from adapterctl.io.safetensors_file import SafetensorsFile, TensorInfo
 from adapterctl.layouts import keys as K
-from adapterctl.layouts.kohya import PREFIXES as KOHYA_PREFIXES
 from adapterctl.layouts.registry import LAYOUTS, parse_key
-from adapterctl.layouts.scaling import PeftScaling, decode_scalar, split_diffusers_metadata
+from adapterctl.layouts.scaling import SCALAR_DTYPES, PeftScaling, decode_scalar, split_diffusers_metadata
 from adapterctl.textsafe import clip
 
 def _groups() -> dict[str, str]:
@@ -30,10 +32,29 @@ def _groups() -> dict[str, str]:
     return {layout.name: layout.group for layout in LAYOUTS if layout.name != "lycoris"}
 
 
+class Branch(NamedTuple):
+    """One LoRA branch as the header describes it (no tensor byte read)."""
+
+    module: str  # canonical name
+    component: str
+    block: Optional[str]
+    path: str  # the module path within its component
+    kind: str  # linear | conv
+    rank: int
+    dtype: str
+    role: Optional[str]  # spelled by the keys: a peft/diffusers role slot, or expert
+    experts: Optional[int]
+    dora: bool
+    tensors: dict[str, str]  # TensorKeys fields
+    scaling: Optional[tuple]  # (alpha, scale, rslora, alpha dtype); None: read the alpha tensor
+    alpha: Optional[TensorInfo]
+
+
 @dataclass
 class ReadResult:
     layout: str
     entries: list[ModuleEntry]
+    branches: list[Branch] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)  # keys no grammar or map knows
     lycoris: dict[str, int] = field(default_factory=dict)  # algorithm -> tensor count
     doubled_prefix: bool = False
@@ -42,6 +63,14 @@ class ReadResult:
 
 
 def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dict] = None) -> ReadResult:
+    """Both stages: the header's branches, then their alpha values, as ``ModuleEntry`` objects."""
+    result = map_layout(st, arch, peft_config=peft_config)
+    result.entries = [_entry(st, b) for b in result.branches]
+    return result
+
+
+def map_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dict] = None) -> ReadResult:
+    """The first stage: ``branches`` filled from the header, ``entries`` left empty."""
     parsed: list[K.ParsedKey] = []
     unknown: list[str] = []
     for name in st.tensors:
@@ -78,16 +107,12 @@ def read_layout(st: SafetensorsFile, arch: ArchMap, *, peft_config: Optional[dic
         if K.DORA_SCALE in parts:
             result.warnings.append("kohya/LyCORIS dora_scale present: kept within kohya, not converted to "
                                    "diffusers/peft (a different DoRA parametrisation)")
-        try:
-            entry = _entry(st, arch, component, path, qualifier, parts, scaler, layout)
-        except ValidationError as exc:  # a combination the checks above did not foresee: still the file's fault
-            raise LayoutError(f"'{clip(path)}': {clip(str(exc.errors()[0].get('msg')), 200)}",
-                              path=str(st.path)) from None
-        if entry is None:
+        branch = _branch(st, arch, component, path, qualifier, parts, scaler)
+        if branch is None:
             result.unmapped.extend(p.key for p in parts.values())
         else:
-            result.entries.append(entry)
-    _refuse_duplicate_branches(st, result.entries)
+            result.branches.append(branch)
+    _refuse_duplicate_branches(st, result.branches)
     return result
 
 
@@ -102,15 +127,15 @@ def _refuse_mixed_layouts(st: SafetensorsFile, families: Counter, group_of: dict
                           path=str(st.path), hint="rebuild the file from one layout")
 
 
-def _refuse_duplicate_branches(st: SafetensorsFile, entries: list[ModuleEntry]) -> None:
+def _refuse_duplicate_branches(st: SafetensorsFile, branches: list[Branch]) -> None:
     """Two spellings of one module's branch (kohya and diffusers names, say) are an ambiguity."""
-    by_module: dict[str, list[ModuleEntry]] = {}
-    for entry in entries:
-        by_module.setdefault(entry.module, []).append(entry)
+    by_module: dict[str, list[Branch]] = {}
+    for branch in branches:
+        by_module.setdefault(branch.module, []).append(branch)
     for found in by_module.values():
-        roles = [e.role for e in found]
+        roles = [b.role for b in found]
         if len(found) > 1 and (None in roles or len(set(roles)) != len(roles)):
-            raise _ambiguous(st, found[0].tensors.down, found[1].tensors.down)
+            raise _ambiguous(st, found[0].tensors["down"], found[1].tensors["down"])
 
 
 def _ambiguous(st: SafetensorsFile, first: str, second: str) -> LayoutError:
@@ -119,7 +144,7 @@ def _ambiguous(st: SafetensorsFile, first: str, second: str) -> LayoutError:
                        hint="remove one of the two spellings")
 
 
-def _entry(st, arch, component, path, qualifier, parts, scaler, layout) -> Optional[ModuleEntry]:
+def _branch(st, arch, component, path, qualifier, parts, scaler) -> Optional[Branch]:
     expert = K.EXPERT_DOWN in parts
     down_key = parts.get(K.EXPERT_DOWN if expert else K.DOWN)
     up_key = parts.get(K.EXPERT_UP if expert else K.UP)
@@ -137,28 +162,49 @@ def _entry(st, arch, component, path, qualifier, parts, scaler, layout) -> Optio
     if canonical is None:
         return None
     spec = arch.get(canonical)
-    kind = "conv" if len(down.shape) == 4 else "linear"
-    r_declared, alpha, scale, rslora, alpha_dtype = scaler.scale(spec.component, spec.path, rank,
-                                                                 parts.get(K.ALPHA))
-    if r_declared != rank:
-        raise LayoutError(f"'{clip(canonical)}': config declares rank {r_declared} but tensors have rank {rank}",
-                          path=str(st.path))
+    if expert and K.ROUTER_W not in parts:
+        raise LayoutError(f"'{clip(canonical)}': expert factors without their router tensors", path=str(st.path))
+    alpha_key = parts.get(K.ALPHA)
+    scaling = scaler.check(spec.component, spec.path, rank, canonical, alpha_key)
     role = qualifier if qualifier in ("content", "style") else None
-    return ModuleEntry(
-        module=canonical, component=spec.component, block=spec.block, kind=kind, rank=rank,
-        alpha=alpha, scale=scale, rslora=rslora, alpha_dtype=alpha_dtype, dtype=down.dtype,
-        role="expert" if expert else role, role_source="declared" if (expert or role) else None,
-        experts=down.shape[0] if expert else None,
+    return Branch(
+        module=canonical, component=spec.component, block=spec.block, path=spec.path,
+        kind="conv" if len(down.shape) == 4 else "linear", rank=rank, dtype=down.dtype,
+        role="expert" if expert else role, experts=down.shape[0] if expert else None,
         dora=K.MAGNITUDE in parts or K.DORA_SCALE in parts or scaler.use_dora(spec.component),
-        tensors=TensorKeys(
-            down=down.name, up=up.name,
-            alpha=parts[K.ALPHA].key if K.ALPHA in parts else None,
-            magnitude=(parts.get(K.MAGNITUDE) or parts.get(K.DORA_SCALE)).key
-            if (K.MAGNITUDE in parts or K.DORA_SCALE in parts) else None,
-            router_weight=parts[K.ROUTER_W].key if K.ROUTER_W in parts else None,
-            router_bias=parts[K.ROUTER_B].key if K.ROUTER_B in parts else None,
-        ),
-    )
+        tensors=_tensor_keys(down.name, up.name, parts), scaling=scaling,
+        alpha=None if scaling is not None else st.tensors[alpha_key.key])
+
+
+def _entry(st: SafetensorsFile, b: Branch) -> ModuleEntry:
+    """The second stage for one branch: its alpha value read (when stored), then validated."""
+    if b.scaling is not None:
+        alpha, scale, rslora, alpha_dtype = b.scaling
+    else:
+        alpha = decode_scalar(b.alpha.dtype, st.read(b.alpha.name))  # dtype and size checked in _branch
+        scale, rslora, alpha_dtype = alpha / b.rank, False, b.alpha.dtype
+    try:
+        return ModuleEntry(
+            module=b.module, component=b.component, block=b.block, kind=b.kind, rank=b.rank, alpha=alpha,
+            scale=scale, rslora=rslora, alpha_dtype=alpha_dtype, dtype=b.dtype, role=b.role,
+            role_source="declared" if b.role else None, experts=b.experts, dora=b.dora, tensors=b.tensors)
+    except ValidationError as exc:  # a combination the checks above did not foresee: still the file's fault
+        raise LayoutError(f"'{clip(b.path)}': {clip(str(exc.errors()[0].get('msg')), 200)}",
+                          path=str(st.path)) from None
+
+
+def _tensor_keys(down: str, up: str, parts: dict[str, K.ParsedKey]) -> dict[str, str]:
+    # A plain dict: ModuleEntry validates it into TensorKeys in one pass (no second __init__).
+    keys = {"down": down, "up": up}
+    for field_name, part in _OPTIONAL_PARTS:
+        if part in parts:
+            keys.setdefault(field_name, parts[part].key)
+    return keys
+
+
+# TensorKeys field <- key part; magnitude is peft's vector, else kohya's dora_scale.
+_OPTIONAL_PARTS = (("alpha", K.ALPHA), ("magnitude", K.MAGNITUDE), ("magnitude", K.DORA_SCALE),
+                   ("router_weight", K.ROUTER_W), ("router_bias", K.ROUTER_B))
 
 
 def _check_pair(st, down: TensorInfo, up: TensorInfo, expert: bool) -> int:
@@ -199,8 +245,8 @@ def _check_pair(st, down: TensorInfo, up: TensorInfo, expert: bool) -> int:
 def _canonical(arch: ArchMap, component, path, down, up, expert, parts) -> Optional[str]:
     any_key = next(iter(parts.values()))
     if any_key.family == "kohya":
-        prefix = next(p for p, c in KOHYA_PREFIXES.items() if c == component and any_key.key.startswith(p))
-        return arch.kohya_names().get(prefix + path)
+        # The flat name is the key up to its first dot: a kohya prefix and module name hold none.
+        return arch.kohya_names().get(any_key.key.partition(".")[0])
     candidates = [component] if component else list(arch.components)
     in_features = down.shape[-1] if expert else down.shape[1]
     out_features = up.shape[-2] if expert and len(up.shape) == 3 else up.shape[0]
@@ -255,19 +301,23 @@ class _Scaler:
         cfg = self._config(component)
         return bool(cfg and cfg.use_dora)
 
-    def scale(self, component: str, path: str, rank: int, alpha_key):
-        """Return (declared rank, alpha, scale, rslora, alpha dtype)."""
+    def check(self, component: str, path: str, rank: int, module: str, alpha_key) -> Optional[tuple]:
+        """(alpha, scale, rslora, alpha dtype) when the header settles them; None when the value
+        is in the alpha tensor, whose shape and dtype are checked here."""
         cfg = self._config(component)
         if cfg is not None:
-            return (*cfg.scale(path), cfg.use_rslora, None)
-        if alpha_key is not None:
-            info = self.st.tensors[alpha_key.key]
-            if info.numel != 1:
-                raise LayoutError(f"'{clip(info.name)}': alpha must hold one value, has shape {list(info.shape)}",
+            r_declared, alpha, scale = cfg.scale(path)
+            if r_declared != rank:
+                raise LayoutError(f"'{clip(module)}': config declares rank {r_declared} but tensors have rank {rank}",
                                   path=str(self.st.path))
-            try:
-                alpha = decode_scalar(info.dtype, self.st.read(info.name))
-            except LayoutError as exc:
-                raise LayoutError(f"'{clip(info.name)}': {exc.message}", path=str(self.st.path)) from None
-            return rank, alpha, alpha / rank, False, info.dtype
-        return rank, float(rank), 1.0, False, None
+            return alpha, scale, cfg.use_rslora, None
+        if alpha_key is None:
+            return float(rank), 1.0, False, None
+        info = self.st.tensors[alpha_key.key]
+        if info.numel != 1:
+            raise LayoutError(f"'{clip(info.name)}': alpha must hold one value, has shape {list(info.shape)}",
+                              path=str(self.st.path))
+        if info.dtype not in SCALAR_DTYPES:
+            raise LayoutError(f"'{clip(info.name)}': alpha stored as unsupported dtype {info.dtype}",
+                              path=str(self.st.path))
+        return None

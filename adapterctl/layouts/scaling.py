@@ -18,6 +18,7 @@ from adapterctl.layouts.patterns import PatternTable
 
 _SCALAR_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d", "I64": "<q", "I32": "<i", "I16": "<h",
                    "I8": "<b", "U8": "<B"}
+SCALAR_DTYPES = frozenset(_SCALAR_FORMATS) | {"BF16"}  # what decode_scalar reads: checkable from the header
 
 
 def decode_scalar(dtype: str, raw: bytes) -> float:

@@ -18,6 +18,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from adapterctl.errors import AdapterError, InputNotFound
@@ -110,25 +111,43 @@ def _size(path) -> int:
 
 
 def read_one(c: Candidate, sha256: bool = False) -> Row:
-    """One adapter's row; never raises for a bad file (it becomes an invalid row with the reason)."""
-    from adapterctl.adapter import Adapter
+    """One adapter's row; never raises for a bad file (it becomes an invalid row with the reason).
 
+    Header only unless ``sha256``: a file without a stored manifest is summarised by
+    ``header.summarize`` (the same checks as ``Adapter.open``, no alpha value read); a file with
+    one, or any file when hashing (the lock records the manifest's digest), is opened in full."""
     row = Row(rel=c.rel, kind=c.kind)
     try:
         row.sha256, row.size = _content(c, sha256)
-        with Adapter.open(c.path) as adapter:
-            manifest = adapter.manifest
-            ranks = [e.rank for e in manifest.modules]
-            row.architecture, row.layout, row.method = adapter.arch.name, adapter.layout, adapter.method
-            row.roles, row.modules = adapter.roles(), len(manifest.modules)
-            row.rank_min, row.rank_max = (min(ranks), max(ranks)) if ranks else (None, None)
-            if sha256:
-                row.manifest_sha256 = hashlib.sha256(manifest.to_json().encode("utf-8")).hexdigest()
+        summary, manifest = _summary(c.path, full=sha256)
+        row.architecture, row.layout, row.method = summary.architecture, summary.layout, summary.method
+        row.roles, row.modules = summary.roles, summary.modules
+        row.rank_min, row.rank_max = summary.rank_min, summary.rank_max
+        if manifest is not None:
+            row.manifest_sha256 = hashlib.sha256(manifest.to_json().encode("utf-8")).hexdigest()
     except AdapterError as exc:
         _invalid(row, f"{exc.message} [{exc.code}]")
     except Exception as exc:  # noqa: BLE001 - a bug must not hide the verdict on the other files
         _invalid(row, f"internal error ({type(exc).__name__}: {clip(str(exc), 200)}); please report it")
     return row
+
+
+def _summary(path: Path, *, full: bool):
+    """(Summary, the manifest when the file was opened in full)."""
+    from adapterctl.adapter import Adapter
+    from adapterctl.header import Summary, open_source, summarize
+
+    st, peft_config = open_source(path)
+    try:
+        summary = None if full else summarize(path, st, peft_config)
+    except BaseException:
+        st.close()
+        raise
+    if summary is not None:
+        st.close()
+        return summary, None
+    with Adapter.from_file(path, st, peft_config=peft_config) as adapter:
+        return Summary.of(adapter.arch, adapter.manifest), adapter.manifest
 
 
 def _invalid(row: Row, reason: str) -> None:
