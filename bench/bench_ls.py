@@ -21,6 +21,10 @@ What it does, in one run:
      reads the 8-byte header length and the JSON header and parses it with ``json.loads``;
    * ``find DIR -name '*.safetensors' -printf '%s %p\\n'``: the walk alone.
 
+   With ``--cold`` (root on Linux), ``ls`` and the minimal read are timed again with the page
+   cache dropped before every run: what a first listing after a reboot, or of a library larger
+   than the cache, costs.
+
 3. Times the library's reader in one process (no CLI start) in its three modes, serial, threads
    and a fork pool, on the same files: the measurement behind the reader's default.
 
@@ -172,20 +176,37 @@ def _env() -> dict[str, str]:
     return env
 
 
-def time_commands(cmds: dict[str, list[str]], runs: int, out: Path, log) -> dict:
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (Linux, root only; every process on the machine loses it)."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def time_commands(cmds: dict[str, list[str]], runs: int, out: Path, log, *, cold: bool = False) -> dict:
+    """Best and median of ``runs`` interleaved rounds; warm: after one untimed warm-up; cold: with
+    the page cache dropped before every run (the .pyc files are then read from disk too)."""
     env = _env()
     for cid, argv in cmds.items():  # warm-up: page cache, .pyc files
+        if cold:
+            break
         res = spawn(argv, stdout_path=out / f"ls-{cid}.stdout", env=env)
         if res["rc"] != 0:
             raise SystemExit(f"FAILED: {cid} exited {res['rc']}\n{res['stderr']}")
     runs_of: dict[str, list[dict]] = {cid: [] for cid in cmds}
     for r in range(runs):
         for cid, argv in cmds.items():
+            if cold and not drop_page_cache():
+                raise SystemExit("FAILED: --cold needs root on Linux (writes /proc/sys/vm/drop_caches)")
             res = spawn(argv, stdout_path=out / f"ls-{cid}.stdout", env=env)
             if res["rc"] != 0:
                 raise SystemExit(f"FAILED: {cid} exited {res['rc']}\n{res['stderr']}")
             runs_of[cid].append(res)
-        log(f"round {r + 1}/{runs}: " + ", ".join(f"{c} {v[-1]['wall_s']:.2f}s" for c, v in runs_of.items()))
+        log(f"{'cold ' if cold else ''}round {r + 1}/{runs}: " + ", ".join(f"{c} {v[-1]['wall_s']:.2f}s" for c, v in runs_of.items()))
     return {cid: {"argv": argv, "best_s": min(x["wall_s"] for x in runs_of[cid]),
                   "median_s": statistics.median(x["wall_s"] for x in runs_of[cid]),
                   "cpu_s_median": statistics.median(x["cpu_s"] for x in runs_of[cid]),
@@ -263,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated library for the next run")
     ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     ap.add_argument("--generate-only", action="store_true", help="make (or find) the library, print its path")
+    ap.add_argument("--cold", action="store_true",
+                    help="also time ls and the minimal read with the page cache dropped before every run (root "
+                         "on Linux; it empties the cache for every process on the machine)")
     args = ap.parse_args(argv)
     if args.generate_only:
         print(generate(args.out_dir, args.count, args.rank))
@@ -291,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
                 "find": ["find", str(lib), "-name", "*.safetensors", "-printf", "%s %p\\n"]}
         timings = time_commands(cmds, args.runs, args.out_dir, log)
         checks = {"ls": check_ls(args.out_dir / "ls-ls.stdout", args.count, args.rank)}
+        cold = {}
+        if args.cold:
+            cold = time_commands({c: cmds[c] for c in ("ls", "minimal-read")}, args.runs, args.out_dir, log,
+                                 cold=True)
+            checks["ls cold"] = check_ls(args.out_dir / "ls-ls.stdout", args.count, args.rank)
         modes = time_modes(lib, args.mode_runs) if args.mode_runs > 0 else {}
         lock = {} if args.no_lock else check_and_time_lock(lib, args.count, log)
         if lock:
@@ -308,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": {"before": load_before, "after": load_after},
         "library": {"files": len(files), "bytes": total, "rank": args.rank, "modules_per_file": 160,
                     "what": "kohya B-LoRA-shaped, fp16, no manifest, 10 sub-directories"},
-        "runs": args.runs, "commands": timings,
+        "runs": args.runs, "commands": timings, "cold": cold or None,
         "ratios": {"ls / minimal-read": best / base, "ls / find": best / timings["find"]["best_s"]},
         "reader_modes": modes, "lock_verify": lock, "checks": checks,
         "target": {"rule": f"ls best < {TARGET_S} s", "value": round(best, 3),
@@ -325,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     for cid, t in timings.items():
         print(f"{cid:<14} {t['best_s']:8.3f} {t['median_s']:9.3f} {t['cpu_s_median']:7.2f} {t['peak_rss_mb']:7.0f} "
               f"{t['contention_cores_median']:7.2f}  {t['best_s'] / base:.2f}")
+    for cid, t in cold.items():
+        print(f"{cid + ' cold':<14} {t['best_s']:8.3f} {t['median_s']:9.3f} {t['cpu_s_median']:7.2f} "
+              f"{t['peak_rss_mb']:7.0f} {t['contention_cores_median']:7.2f}  "
+              f"{t['best_s'] / cold['minimal-read']['best_s']:.2f} (cold)")
     for mode, t in modes.items():
         print(f"reader {mode:<7} {t['best_s']:8.3f} {t['median_s']:9.3f}   (in-process, 2 jobs)")
     for cid, t in lock.items():
