@@ -1,11 +1,12 @@
 """Reading every adapter of a library: header only, in parallel, in stable path order.
 
-Opening an adapter is the same ``Adapter.open`` every command uses (the safetensors header, the
-stored manifest checked against the tensors, or roles inferred from the names), so a file that
-``ls`` calls ok is one ``inspect`` reads, and an invalid one carries the same one-line reason.
+A file without an adapterctl manifest is summarised from its header by ``header.summarize``;
+a file with one is opened by ``Adapter.open``, which checks the manifest against the tensors.
+Both make the checks every command makes (tests compare them), so a file that ``ls`` calls ok
+is one ``inspect`` reads, and an invalid one carries the same one-line reason.
 
-Parallelism, measured (bench/bench_ls.py, docs/benchmarks.md "Listing a library"): an open is
-pure-Python parsing (JSON, key patterns, pydantic) that holds the GIL, so threads gain nothing on
+Parallelism, measured (bench/bench_ls.py, docs/benchmarks.md "Listing a library"): reading a
+header is pure-Python parsing (JSON, key patterns) that holds the GIL, so threads gain little on
 it, while a pool of forked processes divides it by the number of cores. Hashing releases the GIL
 and runs in either. So the default is a fork pool when forking is safe (Linux/macOS ``fork``
 start method, this process has no other thread, enough files to pay for the pool), else threads.
@@ -188,7 +189,7 @@ def read_rows(candidates: Sequence[Candidate], *, sha256: bool = False, jobs: Op
     work = [(c, sha256) for c in candidates]
     if mode == "serial":
         return [_read_packed(w) for w in work]
-    # Small chunks: one is ~10 ms a file, so 16 files keep the last worker's tail short, and the
+    # Small chunks: a file takes a few ms, so 16 files keep the last worker's tail short, and the
     # per-chunk cost (pickling a few paths and rows) stays far below the work.
     chunk = max(1, min(16, len(work) // (jobs * 8)))
     if mode == "thread":
