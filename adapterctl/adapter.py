@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Optional
 
+from adapterctl import header
 from adapterctl.version import __version__
 from adapterctl.arch import ArchMap, load_arch
 from adapterctl.errors import InvalidFile, UsageError
 from adapterctl.format.constants import DIFFUSERS_METADATA_KEY, FORMAT_KEY, MANIFEST_KEY
 from adapterctl.format.manifest import Manifest, ModuleEntry, Operation, RoleRule
-from adapterctl import header
 from adapterctl.format import roles as _roles
 from adapterctl.io.safetensors_file import SafetensorsFile
 from adapterctl.layouts.read import ReadResult, read_layout

@@ -495,10 +495,10 @@ def test_open_mutated_vectors(tmp_path, case):
 
 def _listing_outcome(path, *, full: bool):
     """What the library listing concludes about one file: the header-only path or the full open."""
-    from adapterctl.library.read import _summary
+    from adapterctl.library.read import read_summary
 
     try:
-        return ("ok", _summary(path, full=full)[0])
+        return ("ok", read_summary(path, full=full)[0])
     except AdapterError as exc:
         return ("refused", type(exc).__name__, exc.message, exc.code)
 

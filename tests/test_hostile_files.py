@@ -496,11 +496,11 @@ def test_listing_reads_every_hostile_file_like_open(matrix):
     command opens it in full. On every file of the corpus both conclude the same: the same summary, or
     the same refusal with the same message (tests/test_fuzz.py does the same on mutated vectors)."""
     from adapterctl.errors import AdapterError
-    from adapterctl.library.read import _summary
+    from adapterctl.library.read import read_summary
 
     def outcome(path, full):
         try:
-            return ("ok", _summary(path, full=full)[0])
+            return ("ok", read_summary(path, full=full)[0])
         except AdapterError as exc:
             return ("refused", type(exc).__name__, exc.message, exc.code)
 

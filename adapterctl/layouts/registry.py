@@ -42,7 +42,7 @@ def writer(name: str) -> Layout:
 
 
 CACHED_KEY_CHARS = 256  # real keys are under 150 characters; longer ones are parsed each time
-CACHED_KEYS = 1 << 14  # about 2 MB at most: the keys of several full SDXL adapters
+CACHED_KEYS = 1 << 14  # the keys of several full SDXL adapters; with the length cap, a few MB at most
 
 
 def parse_key(key: str) -> Optional[ParsedKey]:

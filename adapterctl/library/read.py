@@ -120,7 +120,7 @@ def read_one(c: Candidate, sha256: bool = False) -> Row:
     row = Row(rel=c.rel, kind=c.kind)
     try:
         row.sha256, row.size = _content(c, sha256)
-        summary, manifest = _summary(c.path, full=sha256)
+        summary, manifest = read_summary(c.path, full=sha256)
         row.architecture, row.layout, row.method = summary.architecture, summary.layout, summary.method
         row.roles, row.modules = summary.roles, summary.modules
         row.rank_min, row.rank_max = summary.rank_min, summary.rank_max
@@ -133,8 +133,9 @@ def read_one(c: Candidate, sha256: bool = False) -> Row:
     return row
 
 
-def _summary(path: Path, *, full: bool):
-    """(Summary, the manifest when the file was opened in full)."""
+def read_summary(path: Path, *, full: bool):
+    """(Summary, manifest) of one adapter path. From the header alone when the file stores no
+    manifest and ``full`` is false (the manifest is None then); else opened in full."""
     from adapterctl.adapter import Adapter
     from adapterctl.header import Summary, open_source, summarize
 
