@@ -7,6 +7,8 @@ metavar naming what they take, and arguments show their name in capitals.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from typer.core import TyperArgument, TyperCommand
 
 # What an option takes, by parameter name; anything else shows its own name in capitals.
@@ -41,3 +43,13 @@ def _tidy(param) -> None:
         param.display_type_rich = lambda ctx: None
     elif param.metavar is None and param.name:
         param.metavar = _METAVARS.get(param.name, param.name.upper())
+
+
+def command_help(doc: str, *paragraphs: str, examples: Sequence[str] = ()) -> str:
+    """A command's help text: its module docstring after 'adapterctl VERB:', then ``paragraphs``,
+    then the examples (each a command line, shown indented)."""
+    parts = [doc.split(":", 1)[1].strip(), *paragraphs]
+    if examples:
+        label = "Example:" if len(examples) == 1 else "Examples:"
+        parts.append(label + "\n\n" + "\n\n".join("  " + e for e in examples))
+    return "\n\n".join(parts)

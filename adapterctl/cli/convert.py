@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli._write import default_output, write_command
 from adapterctl.cli.output import Output
 from adapterctl.layouts.registry import writable
@@ -14,16 +15,18 @@ from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, InputArg, JsonOp
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convert", help=__doc__.split(":", 1)[1].strip() + "\n\n"
-                "Only names change: factor bytes are streamed unchanged and the scale travels as kohya alpha "
-                "tensors, diffusers' lora_adapter_metadata, or peft's adapter_config.json. kohya output uses SGM "
-                "names. peft output is a directory. Refuses (exit 5) what cannot be converted without loss: "
-                "LyCORIS, experts, two roles on one module, DoRA into kohya.\n\n"
-                "Examples:\n\n"
-                "  adapterctl convert my_lora.safetensors --to diffusers\n\n"
-                "  adapterctl convert blora.safetensors --to kohya -o blora_a1111.safetensors\n\n"
-                "  adapterctl convert unet_lora.safetensors --to peft -o my_adapter/\n\n"
-                "  adapterctl convert blora.safetensors --for comfyui    # the layout ComfyUI loads completely")(convert_cmd)
+    app.command("convert", help=command_help(
+        __doc__,
+        "Only names change: factor bytes are streamed unchanged and the scale travels as kohya alpha "
+        "tensors, diffusers' lora_adapter_metadata, or peft's adapter_config.json. kohya output uses SGM "
+        "names. peft output is a directory. Refuses (exit 5) what cannot be converted without loss: "
+        "LyCORIS, experts, two roles on one module, DoRA into kohya.",
+        examples=[
+            "adapterctl convert my_lora.safetensors --to diffusers",
+            "adapterctl convert blora.safetensors --to kohya -o blora_a1111.safetensors",
+            "adapterctl convert unet_lora.safetensors --to peft -o my_adapter/",
+            "adapterctl convert blora.safetensors --for comfyui    # the layout ComfyUI loads completely",
+        ]))(convert_cmd)
 
 
 def convert_cmd(

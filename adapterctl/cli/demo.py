@@ -7,19 +7,21 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli.options import JsonOpt, QuietOpt
 from adapterctl.cli.output import Output
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo", help=__doc__.split(":", 1)[1].strip() + "\n\n"
-                "Runs inspect, split, convert and validate on a B-LoRA file in old diffusers naming and a kohya "
-                "LoCon file; then, with the training extra, trains B-LoRAs on two shipped sample pictures with "
-                "the embedded tiny base (random weights: its images are noise), splits one, merges them with "
-                "ZipLoRA, converts the merge, and renders a content x style grid. Writes into a work "
-                "directory.\n\n"
-                "Example:\n\n"
-                "  adapterctl demo --workdir /tmp/adapterctl-demo")(demo_cmd)
+    app.command("demo", help=command_help(
+        __doc__,
+        "Runs inspect, split, convert and validate on a B-LoRA file in old diffusers naming and a kohya "
+        "LoCon file; then, with the training extra, trains B-LoRAs on two shipped sample pictures with "
+        "the embedded tiny base (random weights: its images are noise), splits one, merges them with "
+        "ZipLoRA, converts the merge, and renders a content x style grid. Writes into a work directory.",
+        examples=[
+            "adapterctl demo --workdir /tmp/adapterctl-demo",
+        ]))(demo_cmd)
 
 
 def demo_cmd(

@@ -27,6 +27,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli.options import ForceOpt, JsonOpt, QuietOpt
 
 _DEFAULT_OUTPUT, _DEFAULT_GRID = "generated.png", "grid.png"
@@ -35,15 +36,16 @@ _SEED_MAX = 2 ** 63 - 1
 
 
 def register(app: typer.Typer) -> None:
-    doc = __doc__.split(":", 1)[1]
-    app.command("generate", help=doc.split("\n\n")[0].strip() + "\n\n" + doc.split("\n\n", 1)[1].strip() + "\n\n"
-                "Examples:\n\n"
-                "  adapterctl generate \"a dog\" --adapter blora.safetensors:style=0.8 -o dog.png\n\n"
-                "  adapterctl generate \"a dog\" --adapter dog.safetensors:content "
-                "--adapter painting.safetensors:style --seed 7\n\n"
-                "  adapterctl generate \"a dog\" --grid --adapter dog.safetensors:content "
-                "--adapter painting.safetensors:style --seeds 0,1,2\n\n"
-                "  adapterctl generate \"a dog\" --base tiny --adapter blora.safetensors --steps 2")(generate_cmd)
+    app.command("generate", help=command_help(
+        __doc__,
+        examples=[
+            "adapterctl generate \"a dog\" --adapter blora.safetensors:style=0.8 -o dog.png",
+            "adapterctl generate \"a dog\" --adapter dog.safetensors:content --adapter "
+            "painting.safetensors:style --seed 7",
+            "adapterctl generate \"a dog\" --grid --adapter dog.safetensors:content --adapter "
+            "painting.safetensors:style --seeds 0,1,2",
+            "adapterctl generate \"a dog\" --base tiny --adapter blora.safetensors --steps 2",
+        ]))(generate_cmd)
 
 
 def generate_cmd(

@@ -6,16 +6,19 @@ from typing import Annotated
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli.options import ArchOpt, InputArg, JsonOpt, QuietOpt
 from adapterctl.cli.output import Output, plain
 
 
 def register(app: typer.Typer) -> None:
-    app.command("inspect", help=__doc__.split(":", 1)[1].strip() + "\n\n"
-                "Examples:\n\n"
-                "  adapterctl inspect blora.safetensors\n\n"
-                "  adapterctl inspect my_lora.safetensors --weights\n\n"
-                "  adapterctl inspect my_lora.safetensors --json | jq .roles")(inspect_cmd)
+    app.command("inspect", help=command_help(
+        __doc__,
+        examples=[
+            "adapterctl inspect blora.safetensors",
+            "adapterctl inspect my_lora.safetensors --weights",
+            "adapterctl inspect my_lora.safetensors --json | jq .roles",
+        ]))(inspect_cmd)
 
 
 def inspect_cmd(

@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from adapterctl.cli.options import ForceOpt, JsonOpt, QuietOpt
+from adapterctl.cli._help import command_help
+from adapterctl.cli.options import ForceOpt, JsonOpt, LibraryDirArg, QuietOpt
 from adapterctl.cli.output import Output
 
 LockOutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the lock (default: "
@@ -24,16 +25,16 @@ LockOutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="W
 
 
 def register(app: typer.Typer) -> None:
-    head, rest = __doc__.split(":", 1)[1].split("\n\n", 1)
-    app.command("lock", help=head.strip() + "\n\n" + rest.strip() + "\n\n"
-                "Examples:\n\n"
-                "  adapterctl lock adapters\n\n"
-                "  adapterctl lock adapters -o adapters/prod.lock --json")(lock_cmd)
+    app.command("lock", help=command_help(
+        __doc__,
+        examples=[
+            "adapterctl lock adapters",
+            "adapterctl lock adapters -o adapters/prod.lock --json",
+        ]))(lock_cmd)
 
 
 def lock_cmd(
-    dir: Annotated[Path, typer.Argument(metavar="DIR", help="The library directory.", show_default=False,  # noqa: A002
-                                        readable=False)],
+    dir: LibraryDirArg,  # noqa: A002
     output: LockOutputOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,

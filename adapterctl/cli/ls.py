@@ -9,12 +9,12 @@ exit 2 when DIR is missing or not a directory.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from adapterctl.cli.options import JsonOpt, QuietOpt
+from adapterctl.cli._help import command_help
+from adapterctl.cli.options import JsonOpt, LibraryDirArg, QuietOpt
 from adapterctl.cli.output import Output, plain
 
 SCHEMA = "adapterctl.ls/1"
@@ -22,17 +22,17 @@ ROLES = ("content", "style", "expert", "untagged")
 
 
 def register(app: typer.Typer) -> None:
-    head, rest = __doc__.split(":", 1)[1].split("\n\n", 1)
-    app.command("ls", help=head.strip() + "\n\n" + rest.strip() + "\n\n"
-                "Examples:\n\n"
-                "  adapterctl ls adapters\n\n"
-                "  adapterctl ls adapters --role style\n\n"
-                "  adapterctl ls adapters --sha256 --json | jq '.adapters[].sha256'")(ls_cmd)
+    app.command("ls", help=command_help(
+        __doc__,
+        examples=[
+            "adapterctl ls adapters",
+            "adapterctl ls adapters --role style",
+            "adapterctl ls adapters --sha256 --json | jq '.adapters[].sha256'",
+        ]))(ls_cmd)
 
 
 def ls_cmd(
-    dir: Annotated[Path, typer.Argument(metavar="DIR", help="The library directory.", show_default=False,  # noqa: A002
-                                        readable=False)],
+    dir: LibraryDirArg,  # noqa: A002
     role: Annotated[Optional[str], typer.Option("--role", help=f"Only adapters carrying this role "
                                                                f"({', '.join(ROLES)}).")] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Only adapters for this architecture "

@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli._write import Extras, default_output, save_and_report
 from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, JsonOpt, OutputOpt, QuietOpt
 from adapterctl.cli.output import Output
@@ -30,16 +31,17 @@ _FileOpt = dict(show_default=False, readable=False, dir_okay=True)
 
 
 def register(app: typer.Typer) -> None:
-    doc = __doc__.split(":", 1)[1]
-    app.command("merge", help=doc.split("\n\n")[0].strip() + "\n\n" + doc.split("\n\n", 1)[1].strip() + "\n\n"
-                "Examples:\n\n"
-                "  adapterctl merge --list\n\n"
-                "  adapterctl merge dog.safetensors painting.safetensors --method zip --report zip.json\n\n"
-                "  adapterctl merge dog.safetensors painting.safetensors --method zip --base "
-                "stabilityai/stable-diffusion-xl-base-1.0\n\n"
-                "  adapterctl merge --content dog.safetensors --style painting.safetensors --method np\n\n"
-                "  adapterctl merge a.safetensors b.safetensors --method svd --rank 64 --weights 1,0.7\n\n"
-                "  adapterctl merge styleinject.safetensors --method experts --mix 0.5,0.3,0.2")(merge_cmd)
+    app.command("merge", help=command_help(
+        __doc__,
+        examples=[
+            "adapterctl merge --list",
+            "adapterctl merge dog.safetensors painting.safetensors --method zip --report zip.json",
+            "adapterctl merge dog.safetensors painting.safetensors --method zip --base "
+            "stabilityai/stable-diffusion-xl-base-1.0",
+            "adapterctl merge --content dog.safetensors --style painting.safetensors --method np",
+            "adapterctl merge a.safetensors b.safetensors --method svd --rank 64 --weights 1,0.7",
+            "adapterctl merge styleinject.safetensors --method experts --mix 0.5,0.3,0.2",
+        ]))(merge_cmd)
 
 
 def merge_cmd(

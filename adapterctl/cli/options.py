@@ -21,3 +21,5 @@ ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture map
 # every command) and validate gives an unreadable file a verdict instead of failing the batch.
 InputArg = Annotated[Path, typer.Argument(help="Adapter .safetensors file or peft adapter directory.",
                                           show_default=False, readable=False)]
+LibraryDirArg = Annotated[Path, typer.Argument(metavar="DIR", help="The library directory.", show_default=False,
+                                                readable=False)]

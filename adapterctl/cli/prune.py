@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli._write import Extras, write_command
 from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
 from adapterctl.cli.split import _words
@@ -24,13 +25,14 @@ ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write 
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prune", help=__doc__.split(":", 1)[1].split("\n\n")[0].strip() + "\n\n" +
-                __doc__.split("\n\n", 1)[1].strip() + "\n\n"
-                "Examples:\n\n"
-                "  adapterctl prune big.safetensors --rank 32 --conv-rank 16\n\n"
-                "  adapterctl prune big.safetensors --dynamic sv_fro --param 0.9 --rank 64\n\n"
-                "  adapterctl prune style.safetensors --columns 0.3 --report kept.json\n\n"
-                "  adapterctl prune blora.safetensors --scale-blocks up_blocks.0.attentions.1=0.7")(prune_cmd)
+    app.command("prune", help=command_help(
+        __doc__,
+        examples=[
+            "adapterctl prune big.safetensors --rank 32 --conv-rank 16",
+            "adapterctl prune big.safetensors --dynamic sv_fro --param 0.9 --rank 64",
+            "adapterctl prune style.safetensors --columns 0.3 --report kept.json",
+            "adapterctl prune blora.safetensors --scale-blocks up_blocks.0.attentions.1=0.7",
+        ]))(prune_cmd)
 
 
 def prune_cmd(

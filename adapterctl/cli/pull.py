@@ -14,19 +14,21 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli.options import ForceOpt, JsonOpt, QuietOpt
 from adapterctl.cli.push import TokenOpt
 
 
 def register(app: typer.Typer) -> None:
-    app.command("pull", help=__doc__.split(":", 1)[1].split("\n\n")[0].strip() + "\n\n" +
-                __doc__.split("\n\n", 1)[1].strip() + "\n\n"
-                "--role takes the repository's file holding only that role (push --split-roles), else extracts "
-                "it locally from the combined file (no origin is recorded for an extracted file).\n\n"
-                "Examples:\n\n"
-                "  adapterctl pull me/painting-blora -o adapters/\n\n"
-                "  adapterctl pull me/painting-blora --role style -o adapters/\n\n"
-                "  adapterctl pull me/loras@v1.0 a.safetensors -o adapters/")(pull_cmd)
+    app.command("pull", help=command_help(
+        __doc__,
+        "--role takes the repository's file holding only that role (push --split-roles), else extracts "
+        "it locally from the combined file (no origin is recorded for an extracted file).",
+        examples=[
+            "adapterctl pull me/painting-blora -o adapters/",
+            "adapterctl pull me/painting-blora --role style -o adapters/",
+            "adapterctl pull me/loras@v1.0 a.safetensors -o adapters/",
+        ]))(pull_cmd)
 
 
 def pull_cmd(

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli.options import JsonOpt, QuietOpt
 
 TokenOpt = Annotated[Optional[str], typer.Option(
@@ -21,13 +22,14 @@ TokenOpt = Annotated[Optional[str], typer.Option(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("push", help=__doc__.split(":", 1)[1].split("\n\n")[0].strip() + "\n\n" +
-                __doc__.split("\n\n", 1)[1].strip() + "\n\n"
-                "The endpoint is HF_ENDPOINT (default huggingface.co).\n\n"
-                "Examples:\n\n"
-                "  adapterctl push painting.safetensors me/painting-blora\n\n"
-                "  adapterctl push blora.safetensors me/blora --split-roles --also kohya\n\n"
-                "  adapterctl push a.safetensors b.safetensors me/loras --private --revision dev")(push_cmd)
+    app.command("push", help=command_help(
+        __doc__,
+        "The endpoint is HF_ENDPOINT (default huggingface.co).",
+        examples=[
+            "adapterctl push painting.safetensors me/painting-blora",
+            "adapterctl push blora.safetensors me/blora --split-roles --also kohya",
+            "adapterctl push a.safetensors b.safetensors me/loras --private --revision dev",
+        ]))(push_cmd)
 
 
 def push_cmd(

@@ -6,18 +6,21 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli._write import write_command
 from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
 
 
 def register(app: typer.Typer) -> None:
-    app.command("split", help=__doc__.split(":", 1)[1].strip() + "\n\n"
-                "Roles: content, style, expert, untagged. Untagged files recognised as B-LoRA get their roles "
-                "inferred, so an official B-LoRA file splits with no tagging step.\n\n"
-                "Examples:\n\n"
-                "  adapterctl split blora.safetensors --keep style            # -> blora.style.safetensors\n\n"
-                "  adapterctl split blora.safetensors --drop style -o content.safetensors\n\n"
-                "  adapterctl split my_lora.safetensors --keep-blocks 'up_blocks.*'")(split_cmd)
+    app.command("split", help=command_help(
+        __doc__,
+        "Roles: content, style, expert, untagged. Untagged files recognised as B-LoRA get their roles "
+        "inferred, so an official B-LoRA file splits with no tagging step.",
+        examples=[
+            "adapterctl split blora.safetensors --keep style            # -> blora.style.safetensors",
+            "adapterctl split blora.safetensors --drop style -o content.safetensors",
+            "adapterctl split my_lora.safetensors --keep-blocks 'up_blocks.*'",
+        ]))(split_cmd)
 
 
 def split_cmd(

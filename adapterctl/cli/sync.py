@@ -13,16 +13,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli.options import JsonOpt, QuietOpt
 from adapterctl.cli.push import TokenOpt
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sync", help=__doc__.split(":", 1)[1].split("\n\n")[0].strip() + "\n\n" +
-                __doc__.split("\n\n", 1)[1].strip() + "\n\n"
-                "Examples:\n\n"
-                "  adapterctl sync adapters/adapters.lock\n\n"
-                "  adapterctl sync adapters.lock -o /srv/adapters --json")(sync_cmd)
+    app.command("sync", help=command_help(
+        __doc__,
+        examples=[
+            "adapterctl sync adapters/adapters.lock",
+            "adapterctl sync adapters.lock -o /srv/adapters --json",
+        ]))(sync_cmd)
 
 
 def sync_cmd(

@@ -6,18 +6,21 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli._write import write_command
 from adapterctl.cli.options import ArchOpt, ForceOpt, FsyncOpt, InputArg, JsonOpt, OutputOpt, QuietOpt, StripOpt
 
 
 def register(app: typer.Typer) -> None:
-    app.command("tag", help=__doc__.split(":", 1)[1].strip() + "\n\n"
-                "A selector is a block id (up_blocks.0.attentions.1), a canonical module name, an SGM block "
-                "(output_blocks.1.1) or a glob over either.\n\n"
-                "Examples:\n\n"
-                "  adapterctl tag blora.safetensors --preset b-lora\n\n"
-                "  adapterctl tag mix.safetensors --role style=up_blocks.0.attentions.1 "
-                "--role content=up_blocks.0.attentions.0 -o mix.tagged.safetensors")(tag_cmd)
+    app.command("tag", help=command_help(
+        __doc__,
+        "A selector is a block id (up_blocks.0.attentions.1), a canonical module name, an SGM block "
+        "(output_blocks.1.1) or a glob over either.",
+        examples=[
+            "adapterctl tag blora.safetensors --preset b-lora",
+            "adapterctl tag mix.safetensors --role style=up_blocks.0.attentions.1 --role "
+            "content=up_blocks.0.attentions.0 -o mix.tagged.safetensors",
+        ]))(tag_cmd)
 
 
 def tag_cmd(

@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli.options import ForceOpt, JsonOpt, QuietOpt
 from adapterctl.cli.output import Output
 from adapterctl.textsafe import display_path
@@ -32,14 +33,15 @@ RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub revi
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train", help=__doc__.split(":", 1)[1].split("\n\n")[0].strip() + "\n\n" +
-                __doc__.split("\n\n", 1)[1].strip() + "\n\n"
-                "Examples:\n\n"
-                "  adapterctl train photo.png\n\n"
-                "  adapterctl train photo.png --base tiny --steps 20 -o try.safetensors\n\n"
-                "  adapterctl train photo.png --method unziplora --steps 600\n\n"
-                "  adapterctl train photo.png --method blockwise --blocks OUT01,OUT02 --conv-rank 8\n\n"
-                "  accelerate launch --num_processes 4 -m adapterctl.cli.main train a.png b.png c.png d.png")(train_cmd)
+    app.command("train", help=command_help(
+        __doc__,
+        examples=[
+            "adapterctl train photo.png",
+            "adapterctl train photo.png --base tiny --steps 20 -o try.safetensors",
+            "adapterctl train photo.png --method unziplora --steps 600",
+            "adapterctl train photo.png --method blockwise --blocks OUT01,OUT02 --conv-rank 8",
+            "accelerate launch --num_processes 4 -m adapterctl.cli.main train a.png b.png c.png d.png",
+        ]))(train_cmd)
 
 
 def train_cmd(

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli.options import ArchOpt, JsonOpt, QuietOpt
 from adapterctl.cli.output import Output, plain
 from adapterctl.consumers.profile import names as profile_names
@@ -15,15 +16,17 @@ EXIT_FAILED = 1
 
 
 def register(app: typer.Typer) -> None:
-    app.command("validate", help=__doc__.split(":", 1)[1].strip() + "\n\n"
-                "Checks structure, up/down pairing, shapes against the architecture map, rank/alpha "
-                "consistency, NaN/Inf and role coverage. --for TOOL also says whether that tool would apply "
-                "every module at the right scale (from its recorded profile), and which command fixes the file. "
-                "Exit 0: all pass (warnings allowed unless --strict); exit 1: some file failed.\n\n"
-                "Examples:\n\n"
-                "  adapterctl validate adapters/*.safetensors\n\n"
-                "  adapterctl validate blora.safetensors --for comfyui --for diffusers\n\n"
-                "  adapterctl validate style.safetensors --strict --json")(validate_cmd)
+    app.command("validate", help=command_help(
+        __doc__,
+        "Checks structure, up/down pairing, shapes against the architecture map, rank/alpha consistency, "
+        "NaN/Inf and role coverage. --for TOOL also says whether that tool would apply every module at "
+        "the right scale (from its recorded profile), and which command fixes the file. Exit 0: all pass "
+        "(warnings allowed unless --strict); exit 1: some file failed.",
+        examples=[
+            "adapterctl validate adapters/*.safetensors",
+            "adapterctl validate blora.safetensors --for comfyui --for diffusers",
+            "adapterctl validate style.safetensors --strict --json",
+        ]))(validate_cmd)
 
 
 def validate_cmd(

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from adapterctl.cli._help import command_help
 from adapterctl.cli.options import JsonOpt, QuietOpt
 from adapterctl.cli.output import Output, plain
 
@@ -23,11 +24,12 @@ _SIGN = {"added": "[green]+[/]", "removed": "[red]-[/]", "modified": "[yellow]M[
 
 
 def register(app: typer.Typer) -> None:
-    head, rest = __doc__.split(":", 1)[1].split("\n\n", 1)
-    app.command("verify", help=head.strip() + "\n\n" + rest.strip() + "\n\n"
-                "Examples:\n\n"
-                "  adapterctl verify adapters/adapters.lock\n\n"
-                "  adapterctl verify --json | jq '.differences[].path'")(verify_cmd)
+    app.command("verify", help=command_help(
+        __doc__,
+        examples=[
+            "adapterctl verify adapters/adapters.lock",
+            "adapterctl verify --json | jq '.differences[].path'",
+        ]))(verify_cmd)
 
 
 def verify_cmd(
