@@ -73,20 +73,21 @@ def plan(images: list[Path], config: TrainConfig, *, output: Optional[Path], bas
     resolved = config.resolved(arch, 1024)
     check_ranks(arch, method.targets(arch, resolved), resolved)
     rank, world = process_share()
-    if resume is not None and Path(resume).is_file() and len(images) == 1:
-        from adapterctl.torch.checkpoint import check_checkpoint
-
-        native = load_arch(TINY_ARCH if base == TINY else "sdxl").pipeline_config("native_resolution")
-        head = fingerprint(config.resolved(arch, native), load_image(images[0]).sha256, base, None, arch.name)
-        check_checkpoint(Path(resume), head, unknown=("base_revision",))  # known once the base is loaded
-    mine = images[rank::world]
     if resume is not None:
         if len(images) != 1:
             raise UsageError("--resume continues one run: give the one image it was trained on")
         if not Path(resume).is_file():
             raise UsageError(f"--resume {display_path(resume)}: no such checkpoint file")
-    directory = output is not None and (len(images) > 1 or output.is_dir() or str(output).endswith(os.sep))
+    mine = images[rank::world]
     loaded = [load_image(p) for p in mine]  # every image is checked before any training starts
+    if resume is not None:
+        from adapterctl.torch.checkpoint import check_checkpoint
+
+        image = loaded[0] if loaded else load_image(images[0])  # (a process with no share still checks)
+        native = arch.pipeline_config("native_resolution")
+        head = fingerprint(config.resolved(arch, native), image.sha256, base, None, arch.name)
+        check_checkpoint(Path(resume), head, unknown=("base_revision",))  # known once the base is loaded
+    directory = output is not None and (len(images) > 1 or output.is_dir() or str(output).endswith(os.sep))
     planned: list[Planned] = []
     suffix = "" if layout == "peft" else ".safetensors"
     for image in loaded:
