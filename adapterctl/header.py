@@ -44,10 +44,15 @@ class Summary:
 
     @classmethod
     def of(cls, arch: ArchMap, manifest: Manifest) -> "Summary":
-        ranks = [e.rank for e in manifest.modules]
-        return cls(arch.name, manifest.layout, manifest.method,
-                   dict(Counter(e.role or "untagged" for e in manifest.modules)), len(manifest.modules),
-                   min(ranks, default=None), max(ranks, default=None))
+        return cls.build(arch.name, manifest.layout, manifest.method, [(e.role, e.rank) for e in manifest.modules])
+
+    @classmethod
+    def build(cls, architecture: str, layout: str, method: str,
+              branches: list[tuple[Optional[str], int]]) -> "Summary":
+        """From each branch's (role or None, rank), in branch order."""
+        ranks = [rank for _, rank in branches]
+        return cls(architecture, layout, method, dict(Counter(role or "untagged" for role, _ in branches)),
+                   len(branches), min(ranks, default=None), max(ranks, default=None))
 
 
 def open_source(path: Path) -> tuple[SafetensorsFile, Optional[dict]]:
@@ -63,17 +68,15 @@ def open_source(path: Path) -> tuple[SafetensorsFile, Optional[dict]]:
 def summarize(path: Path, st: SafetensorsFile, peft_config: Optional[dict] = None) -> Optional[Summary]:
     """The header-only summary of an adapter without a stored manifest; None when the file stores
     one (checking it against the tensors needs the alpha values: open it with ``Adapter``)."""
-    if stored_manifest(st) is not None:
+    if MANIFEST_KEY in st.metadata:  # the full open parses and checks it (once)
         return None
     arch = load_arch(guess_arch(st))
     result = map_layout(st, arch, peft_config=peft_config)
     require_mapped(result, arch, path)
     preset = _roles.inferred_preset(arch, result.branches)
     role_of = _roles.preset_roles(arch, preset) if preset else {}
-    roles = Counter((b.role or role_of.get(b.module) or "untagged") for b in result.branches)
-    ranks = [b.rank for b in result.branches]
-    return Summary(arch.name, layout_of(result), guess_method(result, preset), dict(roles), len(ranks),
-                   min(ranks, default=None), max(ranks, default=None))
+    return Summary.build(arch.name, layout_of(result), guess_method(result, preset),
+                         [(b.role or role_of.get(b.module), b.rank) for b in result.branches])
 
 
 def stored_manifest(st: SafetensorsFile) -> Optional[Manifest]:
