@@ -501,6 +501,8 @@ def _manifest_metadata_keys(root: Path, cases: list, add, F: str, nan_rule: dict
     expert = [t(ex + "experts_A.weight", "F16", (0, 1, 1280)), t(ex + "experts_B.weight", "F16", (1280, 1)),
               t(ex + "router.weight", "F16", (0, 1280)), t(ex + "router.bias", "F16", (0,))]
     add("k_expert_zero_experts", "keys", lambda d: st_file(d / F, ks(pair("diffusers", C), expert)), (3, 4))
+    routerless = [t(ex + "experts_A.weight", "F16", (2, 1, 1280)), t(ex + "experts_B.weight", "F16", (1280, 1))]
+    add("k_expert_without_router", "keys", lambda d: st_file(d / F, ks(pair("diffusers", C), routerless)), 4)
     for name, tensors in {
         "kohya_and_diffusers_other_modules": ks(pair("kohya", C, alpha=1.0), pair("diffusers", S)),
         "alpha_without_factors": ks(blora("diffusers"), [t(f"unet.{Q}.alpha", "F16", ())]),
